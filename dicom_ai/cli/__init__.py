@@ -1,0 +1,13 @@
+"""`dicom-ai` command line. Importing the command modules registers their commands on `app`."""
+
+from __future__ import annotations
+
+from dicom_ai.cli import config_cmd  # noqa: F401  (registers commands)
+from dicom_ai.cli.app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

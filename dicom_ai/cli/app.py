@@ -1,0 +1,36 @@
+"""The `dicom-ai` Typer application; each command group lives in its own module beside this one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dicom_ai.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    name="dicom-ai",
+    help="A DICOM node that receives studies, runs a hierarchical AI pipeline and sends findings back.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="TOML configuration file (default: $DICOM_AI_CONFIG, else built-in defaults)."),
+]
+DataDirOption = Annotated[
+    Optional[Path], typer.Option("--data-dir", help="Where the spool and the SQLite database live.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def settings_or_exit(config: Path | None, overrides: dict[tuple[str, str], object] | None = None) -> Settings:
+    """Load settings; on a bad setting print the message and exit 2 (the conventional usage-error code)."""
+    try:
+        return load_settings(config, overrides)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None

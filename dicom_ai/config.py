@@ -1,0 +1,262 @@
+"""Typed, validated settings: `config.toml` + `DICOM_AI_*` environment + command-line overrides.
+
+Configuration is parsed once, here, into frozen pydantic models and then passed down explicitly; no module reads a
+global config. Every validation error names the dotted key and the problem, so an operator can fix the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dicom_ai.uids import AE_TITLE_MAX
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_ROOT.parent
+DEFAULT_MODELS_DIR = REPO_ROOT / "models"
+ENV_PREFIX = "DICOM_AI_"
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names the key and what to do."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ae_title(value: str) -> str:
+    stripped = value.strip()
+    if not stripped or len(stripped) > AE_TITLE_MAX or "\\" in stripped or not stripped.isprintable():
+        raise ValueError(f"AE title {value!r} must be 1-{AE_TITLE_MAX} printable characters without backslash")
+    return stripped
+
+
+class NodeSettings(_Section):
+    """The listener: who we are and how we accept associations."""
+
+    ae_title: str = "DICOM_AI"
+    bind: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    max_associations: int = Field(16, ge=1, le=1024)
+    max_pdu_size: int = Field(0, ge=0, description="0 = unlimited (fastest for large images)")
+    network_timeout: float = Field(60.0, gt=0)
+    acse_timeout: float = Field(30.0, gt=0)
+    dimse_timeout: float = Field(60.0, gt=0)
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class KnownNode(_Section):
+    """A peer DICOM node: allowed to send to us, and a destination for results."""
+
+    ae_title: str
+    host: str
+    port: int = Field(104, ge=1, le=65535)
+    check_host: bool = False
+    tls: bool = False
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class AccessSettings(_Section):
+    """Who may associate: `allow-list` admits only the calling AE titles in [nodes]; `open` admits anyone."""
+
+    mode: Literal["allow-list", "open"] = "open"
+    check_called_ae: bool = True
+
+
+class TlsSettings(_Section):
+    enabled: bool = False
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = True
+    handshake_timeout: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _files_exist(self) -> "TlsSettings":
+        if not self.enabled:
+            return self
+        required = {"certificate": self.certificate, "private_key": self.private_key}
+        if self.require_client_certificate:
+            required["ca_certificates"] = self.ca_certificates
+        for key, path in required.items():
+            if path is None:
+                raise ValueError(f"{key}: required when tls.enabled = true")
+            if not Path(path).is_file():
+                raise ValueError(f"{key}: file {path} does not exist or is not a file")
+        return self
+
+
+class StorageSettings(_Section):
+    """Where received data and the audit database live."""
+
+    data_dir: Path = Path("var")
+    database_url: str = Field("", description="SQLAlchemy URL; empty = sqlite file in data_dir")
+    duplicate_policy: Literal["keep-first", "replace", "reject"] = "keep-first"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.data_dir / "spool"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'dicom-ai.sqlite').resolve()}"
+
+
+class QueueSettings(_Section):
+    stable_after_seconds: float = Field(5.0, gt=0)
+    workers: int = Field(1, ge=0, le=64)
+    lease_seconds: float = Field(60.0, gt=0)
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    poll_seconds: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _heartbeat_shorter_than_lease(self) -> "QueueSettings":
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("heartbeat_seconds: must be shorter than lease_seconds")
+        return self
+
+
+class PipelineSettings(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    models_dir: Path = DEFAULT_MODELS_DIR
+    enabled: bool = True
+
+
+class SendSettings(_Section):
+    to_sender: bool = True
+    extra_destinations: tuple[str, ...] = ()
+    max_attempts: int = Field(8, ge=1)
+    backoff_initial_seconds: float = Field(5.0, gt=0)
+    backoff_max_seconds: float = Field(600.0, gt=0)
+
+
+class Settings(_Section):
+    node: NodeSettings = NodeSettings()
+    access: AccessSettings = AccessSettings()
+    nodes: dict[str, KnownNode] = Field(default_factory=dict)
+    tls: TlsSettings = TlsSettings()
+    storage: StorageSettings = StorageSettings()
+    queue: QueueSettings = QueueSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    send: SendSettings = SendSettings()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Settings":
+        for name in self.send.extra_destinations:
+            if name not in self.nodes:
+                raise ValueError(f"send.extra_destinations: {name!r} is not a node in [nodes]")
+        if self.access.mode == "allow-list" and not self.nodes:
+            raise ValueError("access.mode: 'allow-list' needs at least one entry in [nodes] (or use mode = 'open')")
+        return self
+
+    def node_for_calling_ae(self, calling_ae: str) -> tuple[str, KnownNode] | None:
+        for name, node in self.nodes.items():
+            if node.ae_title == calling_ae.strip():
+                return name, node
+        return None
+
+
+# Short environment names for the essentials a container sets; any key can also be set as
+# DICOM_AI_<SECTION>__<KEY>, e.g. DICOM_AI_QUEUE__WORKERS=2.
+ESSENTIAL_ENV = {
+    "AE_TITLE": ("node", "ae_title"),
+    "PORT": ("node", "port"),
+    "BIND": ("node", "bind"),
+    "DATA_DIR": ("storage", "data_dir"),
+    "DATABASE_URL": ("storage", "database_url"),
+}
+
+
+def _set(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
+    tree.setdefault(section, {})
+    if not isinstance(tree[section], dict):
+        raise ConfigError(f"{section}: must be a table")
+    tree[section][key] = value
+
+
+def _env_overrides(environ: dict[str, str]) -> list[tuple[str, str, str]]:
+    found = []
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        rest = name[len(ENV_PREFIX):]
+        if rest in ESSENTIAL_ENV:
+            section, key = ESSENTIAL_ENV[rest]
+        elif "__" in rest:
+            section, key = (part.lower() for part in rest.split("__", 1))
+        else:
+            raise ConfigError(f"environment variable {name}: unknown; use {ENV_PREFIX}<SECTION>__<KEY>")
+        found.append((section, key, value))
+    return found
+
+
+def _resolve_relative_paths(tree: dict[str, Any], base: Path) -> None:
+    """Relative paths in a config file are relative to that file, not to the current directory."""
+    for section, key in (("storage", "data_dir"), ("pipeline", "models_dir"), ("tls", "certificate"),
+                         ("tls", "private_key"), ("tls", "ca_certificates")):
+        value = tree.get(section, {}).get(key) if isinstance(tree.get(section), dict) else None
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            tree[section][key] = str(base / value)
+
+
+def _format_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown setting (check the spelling against config.toml)"
+        lines.append(f"{key}: {message}" if key else message)
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(
+    path: Path | None = None,
+    overrides: dict[tuple[str, str], Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Build settings from (in rising precedence) defaults, the TOML file, the environment and `overrides`.
+
+    `path` defaults to `$DICOM_AI_CONFIG`; with neither, the embedded defaults are used (they equal config.toml).
+    """
+    environ = dict(os.environ if environ is None else environ)
+    if path is None and environ.get(ENV_PREFIX + "CONFIG"):
+        path = Path(environ[ENV_PREFIX + "CONFIG"])
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"configuration file {path} does not exist")
+        try:
+            tree = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        _resolve_relative_paths(tree, path.resolve().parent)
+    for section, key, value in _env_overrides(environ):
+        _set(tree, section, key, value)
+    for (section, key), value in (overrides or {}).items():
+        if value is not None:
+            _set(tree, section, key, value)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None
+
+
+def check_writable_dir(directory: Path, key: str) -> None:
+    """Create `directory` if needed and prove we can write there (run at start-up, not at parse time)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-probe"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{key}: {directory} is not writable ({exc.strerror or exc})") from None
