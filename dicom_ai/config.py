@@ -193,7 +193,8 @@ def _env_overrides(environ: dict[str, str]) -> list[tuple[str, str, str]]:
         elif "__" in rest:
             section, key = (part.lower() for part in rest.split("__", 1))
         else:
-            raise ConfigError(f"environment variable {name}: unknown; use {ENV_PREFIX}<SECTION>__<KEY>")
+            # Not a setting (e.g. a variable of the test tooling); settings use <SECTION>__<KEY>.
+            continue
         found.append((section, key, value))
     return found
 
