@@ -1,0 +1,364 @@
+"""The audit database: connection set-up, migrations, and the recording API the listener calls.
+
+Every recording method is thread-safe and runs one short transaction that is committed before it returns. Writes
+go through `write_session()`, which on SQLite takes the write lock at BEGIN (`BEGIN IMMEDIATE`) so that a
+read-then-write cannot interleave with another writer; other backends rely on row locks and constraint retries.
+Nothing here issues SQLite-only SQL in the logic: the PRAGMAs and the BEGIN mode are connection set-up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from dicom_ai.config import StorageSettings
+from dicom_ai.store.models import Association, Event, Instance, Job, Series, Study, utcnow
+from dicom_ai.store.records import (
+    AssociationOutcome,
+    InstanceInfo,
+    JobState,
+    ReceivedInstance,
+    StudyState,
+)
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_WRITE_OPTION = "dicom_ai_write"
+
+
+class DatabaseError(RuntimeError):
+    """The audit database cannot be opened or migrated; the message says which URL and why."""
+
+
+def _redacted(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _detail_text(detail: str | dict[str, Any]) -> str:
+    return detail if isinstance(detail, str) else json.dumps(detail, sort_keys=True, default=str)
+
+
+SqliteSynchronous = Literal["normal", "full"]
+
+
+def _configure_sqlite(engine: Engine, synchronous: SqliteSynchronous) -> None:
+    """WAL (readers never block the writer), a busy timeout, foreign keys, and BEGIN IMMEDIATE for writes.
+
+    `synchronous`: with WAL, "normal" keeps every commit across a crash or kill -9 of the process and may lose the
+    last commits on power loss (the spooled files themselves are fsynced); "full" also survives power loss and
+    costs about one more fsync per recorded instance (measured 1.7 vs 3.5 ms per instance here).
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below emit BEGIN itself (pysqlite's own implicit BEGIN is deferred-only).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        write = connection.get_execution_options().get(_WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def create_database_engine(url: str, sqlite_synchronous: SqliteSynchronous = "normal") -> Engine:
+    """An engine for `url` with the node's connection settings (see module docstring)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(url, connect_args={"check_same_thread": False,
+                                                      "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        else:  # one shared in-memory database for every thread (tests, `--data-dir` less dry runs)
+            engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
+        _configure_sqlite(engine, sqlite_synchronous)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Database:
+    """The audit database at a SQLAlchemy URL (SQLite by default; PostgreSQL works through the same code).
+
+    The schema is brought to the newest revision on construction (`migrate=True`), with Alembic, from the
+    migrations shipped in the package; every Alembic head is applied, so stages that add their own revision
+    side by side do not conflict.
+    """
+
+    def __init__(self, url: str, *, migrate: bool = True, sqlite_synchronous: SqliteSynchronous = "normal") -> None:
+        if sqlite_synchronous not in ("normal", "full"):
+            raise DatabaseError(f"sqlite_synchronous must be 'normal' or 'full', not {sqlite_synchronous!r}")
+        self.url = url
+        try:
+            self.engine = create_database_engine(url, sqlite_synchronous)
+        except Exception as exc:  # a malformed URL, a missing driver, an uncreatable directory
+            raise DatabaseError(f"cannot open database {url!r}: {exc}") from exc
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(
+            self.engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
+        )
+        self._lock = threading.Lock()  # only serialises migrations within this process
+        if migrate:
+            self.migrate()
+
+    # -- plumbing ------------------------------------------------------------------------------------------
+
+    def _alembic_config(self) -> Config:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        return config
+
+    def migrate(self) -> None:
+        """Upgrade the schema to every head shipped with the package (idempotent, quick when up to date)."""
+        config = self._alembic_config()
+        heads = set(ScriptDirectory.from_config(config).get_heads())
+        with self._lock:
+            try:
+                with self.engine.connect() as probe:
+                    if set(MigrationContext.configure(probe).get_current_heads()) == heads:
+                        return
+                with self.engine.execution_options(**{_WRITE_OPTION: True}).begin() as connection:
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, "heads")
+            except OperationalError as exc:
+                raise DatabaseError(f"cannot migrate database {_redacted(self.url)}: {exc.orig}") from exc
+        log.info("audit database %s at schema %s", _redacted(self.url), ", ".join(sorted(heads)))
+
+    def schema_version(self) -> list[str]:
+        """The Alembic revision(s) the database is at (the recorded schema version)."""
+        with self.engine.connect() as connection:
+            return sorted(MigrationContext.configure(connection).get_current_heads())
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session for reading (or simple writes): committed on success, rolled back on error."""
+        with self._sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    @contextmanager
+    def write_session(self) -> Iterator[Session]:
+        """A session for read-then-write logic: on SQLite the write lock is taken at BEGIN."""
+        with self._write_sessions() as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    # -- recording API (the listener) ----------------------------------------------------------------------
+
+    def open_association(self, peer_ae: str, peer_host: str, peer_port: int, called_ae: str, tls: bool) -> int:
+        with self.session() as session:
+            row = Association(peer_ae=peer_ae, peer_host=peer_host, peer_port=peer_port, called_ae=called_ae,
+                              tls=tls, started_at=utcnow(), outcome=AssociationOutcome.OPEN)
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def close_association(self, association_id: int, outcome: str, stored: int, failed: int) -> None:
+        with self.session() as session:
+            session.execute(update(Association).where(Association.id == association_id).values(
+                outcome=outcome, stored_count=stored, failed_count=failed, ended_at=utcnow()))
+
+    def record_rejected_association(self, peer_ae: str, peer_host: str, peer_port: int, called_ae: str,
+                                    tls: bool, reason: str) -> None:
+        now = utcnow()
+        with self.session() as session:
+            row = Association(peer_ae=peer_ae, peer_host=peer_host, peer_port=peer_port, called_ae=called_ae,
+                              tls=tls, started_at=now, ended_at=now, outcome=AssociationOutcome.REJECTED,
+                              reason=reason)
+            session.add(row)
+            session.flush()
+            session.add(Event(at=now, kind="association.rejected", association_id=row.id,
+                              detail=_detail_text({"peer_ae": peer_ae, "peer_host": peer_host, "reason": reason})))
+
+    def find_instance(self, sop_instance_uid: str) -> InstanceInfo | None:
+        with self.session() as session:
+            row = session.execute(
+                select(Instance, Series.series_uid, Study.study_uid)
+                .join(Series, Instance.series_id == Series.id)
+                .join(Study, Instance.study_id == Study.id)
+                .where(Instance.sop_instance_uid == sop_instance_uid)
+            ).first()
+            if row is None:
+                return None
+            instance, series_uid, study_uid = row
+            return _instance_info(instance, series_uid, study_uid)
+
+    def record_instance(self, association_id: int | None, meta: ReceivedInstance) -> Literal["new", "replaced"]:
+        """Record an instance that is safely in the spool; update its series and study (see `StudyState`).
+
+        Returns "replaced" when the SOP Instance UID was already known (the row then points at the new copy).
+        """
+        for attempt in range(3):
+            try:
+                with self.write_session() as session:
+                    return _record_instance(session, association_id, meta)
+            except IntegrityError:
+                # Two writers created the same study/series at once (possible on PostgreSQL): the retry finds it.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def record_refused_instance(self, association_id: int | None, sop_instance_uid: str | None, status: int,
+                                reason: str) -> None:
+        self.record_event("instance.refused", sop_instance_uid=sop_instance_uid, association_id=association_id,
+                          detail={"status": f"0x{status:04X}", "reason": reason})
+
+    def record_event(self, kind: str, *, study_uid: str | None = None, series_uid: str | None = None,
+                     sop_instance_uid: str | None = None, association_id: int | None = None,
+                     job_id: int | None = None, detail: str | dict[str, Any] = "") -> None:
+        """Append one row to the audit event log."""
+        with self.session() as session:
+            session.add(Event(at=utcnow(), kind=kind, study_uid=study_uid, series_uid=series_uid,
+                              sop_instance_uid=sop_instance_uid, association_id=association_id, job_id=job_id,
+                              detail=_detail_text(detail)))
+
+
+def _instance_info(instance: Instance, series_uid: str, study_uid: str) -> InstanceInfo:
+    return InstanceInfo(
+        id=instance.id, sop_instance_uid=instance.sop_instance_uid, series_uid=series_uid, study_uid=study_uid,
+        sop_class_uid=instance.sop_class_uid, transfer_syntax=instance.transfer_syntax, modality=instance.modality,
+        instance_number=instance.instance_number, size_bytes=instance.size_bytes, spool_path=instance.spool_path,
+        received_at=instance.received_at, calling_ae=instance.calling_ae, association_id=instance.association_id,
+        produced_by_us=instance.produced_by_us,
+    )
+
+
+def add_event(session: Session, kind: str, *, study_uid: str | None = None, job_id: int | None = None,
+              detail: str | dict[str, Any] = "", **refs: Any) -> None:
+    """Append an audit event inside an open transaction (so it commits or rolls back with the change it logs)."""
+    session.add(Event(at=utcnow(), kind=kind, study_uid=study_uid, job_id=job_id, detail=_detail_text(detail),
+                      **refs))
+
+
+def set_study_state(session: Session, study: Study, state: StudyState, reason: str = "",
+                    job_id: int | None = None) -> None:
+    """Change a study's state and log the transition in the same transaction."""
+    if study.state == state:
+        return
+    detail: dict[str, Any] = {"from": study.state, "to": str(state)}
+    if reason:
+        detail["reason"] = reason
+    study.state = state
+    study.state_changed_at = utcnow()
+    add_event(session, "study.state", study_uid=study.study_uid, job_id=job_id, detail=detail)
+
+
+def _record_instance(session: Session, association_id: int | None,
+                     meta: ReceivedInstance) -> Literal["new", "replaced"]:
+    now = utcnow()
+    study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
+    if study is None:
+        study = Study(study_uid=meta.study_uid, patient_id=meta.patient_id, patient_name=meta.patient_name,
+                      study_date=meta.study_date, calling_ae=meta.calling_ae, state=StudyState.RECEIVING,
+                      state_changed_at=now, first_received_at=now, last_received_at=now, instance_count=0)
+        session.add(study)
+        session.flush()
+        add_event(session, "study.created", study_uid=study.study_uid,
+                  detail={"calling_ae": meta.calling_ae, "association_id": association_id})
+    else:
+        study.patient_id = study.patient_id or meta.patient_id
+        study.patient_name = study.patient_name or meta.patient_name
+        study.study_date = study.study_date or meta.study_date
+
+    series = session.scalar(select(Series).where(Series.series_uid == meta.series_uid))
+    if series is None:
+        series = Series(series_uid=meta.series_uid, study_id=study.id, modality=meta.modality,
+                        series_number=meta.series_number, series_description=meta.series_description,
+                        state=StudyState.RECEIVING, first_received_at=now, last_received_at=now, instance_count=0)
+        session.add(series)
+        session.flush()
+    elif series.study_id != study.id:
+        add_event(session, "series.study_mismatch", study_uid=meta.study_uid, series_uid=meta.series_uid,
+                  sop_instance_uid=meta.sop_instance_uid,
+                  detail="this Series Instance UID was first received in another study; kept in the first")
+
+    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid))
+    outcome: Literal["new", "replaced"]
+    if instance is None:
+        outcome = "new"
+        instance = Instance(sop_instance_uid=meta.sop_instance_uid)
+        session.add(instance)
+        series.instance_count += 1
+        study.instance_count += 1
+    else:
+        outcome = "replaced"
+        add_event(session, "instance.replaced", study_uid=meta.study_uid, series_uid=meta.series_uid,
+                  sop_instance_uid=meta.sop_instance_uid, association_id=association_id,
+                  detail={"previous_spool_path": instance.spool_path, "previous_size_bytes": instance.size_bytes,
+                          "previous_received_at": instance.received_at.isoformat(),
+                          "previous_association_id": instance.association_id})
+    instance.series_id = series.id
+    instance.study_id = series.study_id
+    instance.association_id = association_id
+    instance.sop_class_uid = meta.sop_class_uid
+    instance.transfer_syntax = meta.transfer_syntax
+    instance.modality = meta.modality
+    instance.instance_number = meta.instance_number
+    instance.size_bytes = meta.size_bytes
+    instance.spool_path = meta.spool_path
+    instance.received_at = now
+    instance.calling_ae = meta.calling_ae
+    instance.produced_by_us = meta.produced_by_us
+
+    if not meta.produced_by_us:
+        # Our own results coming back must never restart the quiet period or re-open the study (no loops).
+        study.last_received_at = now
+        study.calling_ae = meta.calling_ae or study.calling_ae
+        series.last_received_at = now
+        series.state = StudyState.RECEIVING
+        if study.state != StudyState.RECEIVING:
+            previous = study.state
+            set_study_state(session, study, StudyState.RECEIVING, reason="new instance received")
+            if previous == StudyState.QUEUED:
+                _cancel_queued_jobs(session, study)
+    return outcome
+
+
+def _cancel_queued_jobs(session: Session, study: Study) -> None:
+    """A queued job would analyse an incomplete study: cancel it; a new one is queued when it is stable again."""
+    now = utcnow()
+    for job in session.scalars(select(Job).where(Job.study_id == study.id, Job.state == JobState.QUEUED)):
+        job.state = JobState.CANCELLED
+        job.updated_at = now
+        job.finished_at = now
+        add_event(session, "job.cancelled", study_uid=study.study_uid, job_id=job.id,
+                  detail="new instances arrived before the job started")
+
+
+def open_database(storage: StorageSettings, *, migrate: bool = True) -> Database:
+    """The audit database the settings point at (`storage.database_url`, else SQLite in `storage.data_dir`)."""
+    return Database(storage.resolved_database_url, migrate=migrate, sqlite_synchronous=storage.sqlite_synchronous)

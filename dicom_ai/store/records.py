@@ -1,0 +1,91 @@
+"""Plain values exchanged with the store: what the listener hands in, what the database hands out.
+
+They are frozen dataclasses so they can cross threads freely and never carry an open database session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+
+class StudyState(StrEnum):
+    """Life cycle of a study: receiving -> stable -> queued -> processing -> done / failed.
+
+    A new (not produced-by-us) instance moves a study back to `receiving` from any state, so a study that was
+    already processed is analysed again once it is quiet again.
+    """
+
+    RECEIVING = "receiving"
+    STABLE = "stable"
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class JobState(StrEnum):
+    """Life cycle of a job: queued -> running -> done / failed (`cancelled` when its study changed first)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class AssociationOutcome(StrEnum):
+    OPEN = "open"
+    RELEASED = "released"
+    ABORTED = "aborted"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedInstance:
+    """One instance the listener has safely written to the spool (the header attributes the store keeps).
+
+    Attribute sources: StudyInstanceUID (0020,000D), SeriesInstanceUID (0020,000E), SOPInstanceUID (0008,0018),
+    SOPClassUID (0008,0016), TransferSyntaxUID (0002,0010), Modality (0008,0060), PatientID (0010,0020),
+    PatientName (0010,0010), StudyDate (0008,0020), SeriesNumber (0020,0011), InstanceNumber (0020,0013),
+    SeriesDescription (0008,103E). `produced_by_us` marks our own outputs coming back: they are stored and
+    audited but never analysed and never re-open a study.
+    """
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    modality: str
+    patient_id: str
+    patient_name: str
+    study_date: str
+    series_number: int | None
+    instance_number: int | None
+    series_description: str
+    size_bytes: int
+    spool_path: str
+    calling_ae: str
+    produced_by_us: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceInfo:
+    """One row of the `instances` table, detached from the database."""
+
+    id: int
+    sop_instance_uid: str
+    series_uid: str
+    study_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    modality: str
+    instance_number: int | None
+    size_bytes: int
+    spool_path: str
+    received_at: datetime
+    calling_ae: str
+    association_id: int | None
+    produced_by_us: bool
