@@ -99,6 +99,9 @@ class StorageSettings(_Section):
     data_dir: Path = Path("var")
     database_url: str = Field("", description="SQLAlchemy URL; empty = sqlite file in data_dir")
     duplicate_policy: Literal["keep-first", "replace", "reject"] = "keep-first"
+    sqlite_synchronous: Literal["normal", "full"] = Field(
+        "normal", description="SQLite commit durability: 'normal' survives a crash of the process, 'full' power loss too"
+    )
 
     @property
     def spool_dir(self) -> Path:
@@ -110,12 +113,27 @@ class StorageSettings(_Section):
 
 
 class QueueSettings(_Section):
+    """Study stability and the durable job queue (see dicom_ai/store/queue.py)."""
+
     stable_after_seconds: float = Field(5.0, gt=0)
     workers: int = Field(1, ge=0, le=64)
     lease_seconds: float = Field(60.0, gt=0)
     heartbeat_seconds: float = Field(10.0, gt=0)
     max_attempts: int = Field(3, ge=1)
+    retry_delay_seconds: float = Field(10.0, ge=0, description="wait before a failed attempt is tried again")
     poll_seconds: float = Field(1.0, gt=0)
+    handler: str = Field(
+        "", description="testing/extension hook: 'package.module:callable' run for each job instead of the pipeline"
+    )
+
+    @field_validator("handler")
+    @classmethod
+    def _dotted_path(cls, value: str) -> str:
+        value = value.strip()
+        module, _, attribute = value.partition(":")
+        if value and not (module and attribute and all(p.isidentifier() for p in module.split(".") + [attribute])):
+            raise ValueError(f"{value!r} must look like 'package.module:callable'")
+        return value
 
     @model_validator(mode="after")
     def _heartbeat_shorter_than_lease(self) -> "QueueSettings":
