@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 
 
 class StudyState(StrEnum):
@@ -89,3 +90,39 @@ class InstanceInfo:
     calling_ae: str
     association_id: int | None
     produced_by_us: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobInstance:
+    """One instance a job analyses (never one of our own outputs)."""
+
+    sop_instance_uid: str
+    series_uid: str
+    sop_class_uid: str
+    modality: str
+    transfer_syntax: str
+    instance_number: int | None
+    spool_path: Path
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    """A job this worker holds the lease of, with everything the handler needs about its study."""
+
+    job_id: int
+    study_uid: str
+    attempt: int
+    max_attempts: int
+    worker_id: str
+    calling_ae: str
+    instances: tuple[JobInstance, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionResult:
+    """What `dicom-ai study complete UID` did."""
+
+    study_uid: str
+    state: str
+    job_id: int | None
+    message: str

@@ -8,17 +8,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import select, text
 
-from dicom_ai.store.database import Database, DatabaseError
+from dicom_ai.store.database import MIGRATIONS_DIR, Database, DatabaseError
 from dicom_ai.store.models import Association, Event, Instance, Series, Study
 from dicom_ai.store.records import ReceivedInstance, StudyState
 
 Factory = Callable[..., ReceivedInstance]
 
 
-def test_schema_is_migrated_and_versioned(database: Database) -> None:
-    assert database.schema_version() == ["0001_initial"]
+def test_schema_is_migrated_to_every_head_and_versioned(database: Database) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    scripts = ScriptDirectory.from_config(config)
+    assert database.schema_version() == sorted(scripts.get_heads())
+    assert "0001_initial" in {script.revision for script in scripts.walk_revisions()}
     with database.session() as session:
         assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
         assert session.execute(text("PRAGMA foreign_keys")).scalar() == 1

@@ -1,0 +1,293 @@
+"""The durable job queue: one job per analysis of a stable study, held in the audit database.
+
+Workers (threads here, or processes on other machines sharing the database) claim a job with a lease: the claim is
+one conditional UPDATE (`... WHERE id = :id AND state = 'queued'`, rowcount checked) inside a write transaction
+(SQLite: BEGIN IMMEDIATE; PostgreSQL: the candidate row is selected FOR UPDATE SKIP LOCKED), so two workers never
+hold the same job. The holder renews the lease with heartbeats; a job whose lease expired (the worker crashed or was
+killed) is reclaimed and counts as a failed attempt. After `max_attempts` failed attempts a job is `failed` until an
+operator re-queues it (`dicom-ai retry`). A job is only ever marked `done` by the worker holding it, after its
+handler returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from dicom_ai.config import QueueSettings
+from dicom_ai.store.database import Database, add_event, set_study_state
+from dicom_ai.store.models import Instance, Job, Series, Study, utcnow
+from dicom_ai.store.records import ClaimedJob, CompletionResult, JobInstance, JobState, StudyState
+from dicom_ai.store.stability import mark_quiet_studies_stable, mark_stable
+
+log = logging.getLogger(__name__)
+
+ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+ERROR_TEXT_MAX = 4000
+
+
+class LeaseLost(RuntimeError):
+    """The job is no longer held by this worker (its lease expired and it was reclaimed, or it was released)."""
+
+
+class QueueRequestRefused(ValueError):
+    """An operator request (retry, complete) cannot be done; the message says why and what to do instead."""
+
+
+class JobQueue:
+    """Stable studies -> jobs -> leased by workers -> done / failed. See the module docstring for the guarantees."""
+
+    def __init__(self, database: Database, settings: QueueSettings,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.database = database
+        self.settings = settings
+        self._clock = clock
+        self._lease = timedelta(seconds=settings.lease_seconds)
+
+    # -- producing jobs ------------------------------------------------------------------------------------
+
+    def enqueue_stable_studies(self) -> list[int]:
+        """Mark quiet studies stable and queue a job for every stable study without an active job."""
+        now = self._clock()
+        with self.database.write_session() as session:
+            mark_quiet_studies_stable(session, now, timedelta(seconds=self.settings.stable_after_seconds))
+            created = []
+            for study in session.scalars(select(Study).where(Study.state == StudyState.STABLE).order_by(Study.id)):
+                job = self._queue_job(session, study, now, trigger="stable")
+                if job is not None:
+                    created.append(job.id)
+            return created
+
+    def complete_study(self, study_uid: str) -> CompletionResult:
+        """The operator says the study is complete: make it stable now and queue its job (no quiet period)."""
+        now = self._clock()
+        with self.database.write_session() as session:
+            study = session.scalar(select(Study).where(Study.study_uid == study_uid).with_for_update())
+            if study is None:
+                raise QueueRequestRefused(f"no study {study_uid} has been received")
+            if study.state in (StudyState.QUEUED, StudyState.PROCESSING):
+                return CompletionResult(study_uid, study.state, None, f"already {study.state}; nothing to do")
+            if study.state in (StudyState.DONE, StudyState.FAILED):
+                raise QueueRequestRefused(
+                    f"study {study_uid} is already {study.state}; to analyse it again use `dicom-ai retry --study`")
+            add_event(session, "study.completed_by_operator", study_uid=study_uid)
+            if study.state == StudyState.RECEIVING:
+                mark_stable(session, study, reason="completed by operator")
+            job = self._queue_job(session, study, now, trigger="operator")
+            if job is None:
+                return CompletionResult(study_uid, study.state, None,
+                                        "stable; it is queued as soon as its running job ends" if
+                                        study.state == StudyState.STABLE else f"{study.state}")
+            return CompletionResult(study_uid, study.state, job.id, f"queued as job {job.id}")
+
+    def _queue_job(self, session: Session, study: Study, now: datetime, trigger: str) -> Job | None:
+        active = session.scalar(select(Job.id).where(Job.study_id == study.id, Job.state.in_(ACTIVE_JOB_STATES)))
+        if active is not None:
+            return None  # the running job ends first; the study stays stable and is queued then
+        analysable = session.scalar(select(Instance.id).where(Instance.study_id == study.id,
+                                                              Instance.produced_by_us.is_(False)).limit(1))
+        if analysable is None:
+            set_study_state(session, study, StudyState.DONE,
+                            reason="nothing to analyse: the study holds only results produced by this node")
+            return None
+        if trigger == "stable" and session.scalar(select(Job.id).where(Job.study_id == study.id).limit(1)):
+            trigger = "reanalysis"
+        job = Job(study_id=study.id, state=JobState.QUEUED, trigger=trigger, attempts=0,
+                  max_attempts=self.settings.max_attempts, created_at=now, updated_at=now, last_error="")
+        session.add(job)
+        session.flush()
+        add_event(session, "job.queued", study_uid=study.study_uid, job_id=job.id,
+                  detail={"trigger": trigger, "instances": study.instance_count})
+        set_study_state(session, study, StudyState.QUEUED, job_id=job.id)
+        return job
+
+    # -- consuming jobs --------------------------------------------------------------------------------------
+
+    def claim(self, worker_id: str) -> ClaimedJob | None:
+        """Take the oldest due queued job with a lease for `worker_id`, or None when there is none."""
+        now = self._clock()
+        with self.database.write_session() as session:
+            candidate = session.scalar(
+                select(Job.id)
+                .where(Job.state == JobState.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now))
+                .order_by(Job.id).limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if candidate is None:
+                return None
+            claimed = session.execute(
+                update(Job).where(Job.id == candidate, Job.state == JobState.QUEUED)
+                .values(state=JobState.RUNNING, worker_id=worker_id, attempts=Job.attempts + 1, claimed_at=now,
+                        heartbeat_at=now, lease_expires_at=now + self._lease, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount != 1:
+                return None  # another worker won the race; the caller simply polls again
+            job = session.get_one(Job, candidate, populate_existing=True)
+            study = job.study
+            if study.state == StudyState.QUEUED:
+                set_study_state(session, study, StudyState.PROCESSING, job_id=job.id)
+            add_event(session, "job.claimed", study_uid=study.study_uid, job_id=job.id,
+                      detail={"worker": worker_id, "attempt": job.attempts, "max_attempts": job.max_attempts})
+            return ClaimedJob(job_id=job.id, study_uid=study.study_uid, attempt=job.attempts,
+                              max_attempts=job.max_attempts, worker_id=worker_id, calling_ae=study.calling_ae,
+                              instances=_analysable_instances(session, study.id))
+
+    def heartbeat(self, job_id: int, worker_id: str) -> bool:
+        """Renew the lease; False when the job is no longer held by `worker_id`."""
+        now = self._clock()
+        with self.database.session() as session:
+            renewed = session.execute(
+                update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING, Job.worker_id == worker_id)
+                .values(heartbeat_at=now, lease_expires_at=now + self._lease)
+                .execution_options(synchronize_session=False)
+            )
+            return renewed.rowcount == 1
+
+    def complete(self, job_id: int, worker_id: str) -> None:
+        """The handler returned: the job is done (the study too, unless new instances re-opened it meanwhile)."""
+        now = self._clock()
+        with self.database.write_session() as session:
+            job = self._held(session, job_id, worker_id)
+            job.state = JobState.DONE
+            job.finished_at = job.updated_at = now
+            job.lease_expires_at = None
+            seconds = (now - job.claimed_at).total_seconds() if job.claimed_at else None
+            add_event(session, "job.done", study_uid=job.study.study_uid, job_id=job.id,
+                      detail={"attempt": job.attempts, "seconds": seconds})
+            if job.study.state == StudyState.PROCESSING:
+                set_study_state(session, job.study, StudyState.DONE, job_id=job.id)
+
+    def fail(self, job_id: int, worker_id: str, error: str, *, permanent: bool = False) -> str:
+        """The handler raised: count the attempt; return the job's new state ("queued" again, or "failed")."""
+        with self.database.write_session() as session:
+            job = self._held(session, job_id, worker_id)
+            return self._end_failed_attempt(session, job, error, permanent=permanent)
+
+    def release(self, job_id: int, worker_id: str) -> None:
+        """Give a job back without counting the attempt (graceful stop): it runs again, here or elsewhere."""
+        now = self._clock()
+        with self.database.write_session() as session:
+            job = self._held(session, job_id, worker_id)
+            job.state = JobState.QUEUED
+            job.attempts = max(0, job.attempts - 1)
+            job.worker_id = job.lease_expires_at = job.not_before = None
+            job.updated_at = now
+            add_event(session, "job.released", study_uid=job.study.study_uid, job_id=job.id,
+                      detail={"worker": worker_id, "reason": "node stopping; the job runs again"})
+            if job.study.state == StudyState.PROCESSING:
+                set_study_state(session, job.study, StudyState.QUEUED, job_id=job.id)
+
+    def reclaim_expired(self) -> list[int]:
+        """Jobs whose holder stopped heartbeating (crash, kill -9, lost host): count a failed attempt, re-queue."""
+        now = self._clock()
+        with self.database.write_session() as session:
+            expired = list(session.scalars(
+                select(Job).where(Job.state == JobState.RUNNING, Job.lease_expires_at < now)
+                .order_by(Job.id).with_for_update(skip_locked=True)
+            ))
+            for job in expired:
+                log.warning("job %d: lease of worker %s expired; reclaiming it", job.id, job.worker_id)
+                self._end_failed_attempt(
+                    session, job, f"lease expired: worker {job.worker_id} stopped heartbeating "
+                                  f"(crashed or killed) during attempt {job.attempts}")
+            return [job.id for job in expired]
+
+    def _held(self, session: Session, job_id: int, worker_id: str) -> Job:
+        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+        if job is None or job.state != JobState.RUNNING or job.worker_id != worker_id:
+            state = "missing" if job is None else f"{job.state}, held by {job.worker_id}"
+            raise LeaseLost(f"job {job_id} is no longer held by {worker_id} ({state})")
+        return job
+
+    def _end_failed_attempt(self, session: Session, job: Job, error: str, *, permanent: bool = False) -> str:
+        now = self._clock()
+        error = error[-ERROR_TEXT_MAX:]
+        job.last_error = error
+        job.updated_at = now
+        job.lease_expires_at = None
+        study = job.study
+        detail = {"attempt": job.attempts, "max_attempts": job.max_attempts, "worker": job.worker_id,
+                  "error": error}
+        if permanent or job.attempts >= job.max_attempts:
+            job.state = JobState.FAILED
+            job.finished_at = now
+            add_event(session, "job.failed", study_uid=study.study_uid, job_id=job.id,
+                      detail={**detail, "permanent": permanent})
+            if study.state == StudyState.PROCESSING:
+                set_study_state(session, study, StudyState.FAILED, job_id=job.id)
+        else:
+            job.state = JobState.QUEUED
+            job.worker_id = None
+            job.not_before = now + timedelta(seconds=self.settings.retry_delay_seconds)
+            add_event(session, "job.attempt_failed", study_uid=study.study_uid, job_id=job.id,
+                      detail={**detail, "retry_at": job.not_before.isoformat()})
+            if study.state == StudyState.PROCESSING:
+                set_study_state(session, study, StudyState.QUEUED, job_id=job.id)
+        return job.state
+
+    # -- operator requests -------------------------------------------------------------------------------------
+
+    def retry(self, job_id: int | None = None, study_uid: str | None = None, all_failed: bool = False) -> list[int]:
+        """Re-queue failed jobs (one by id, the latest of one study, or all); attempts start again from zero."""
+        if sum((job_id is not None, study_uid is not None, all_failed)) != 1:
+            raise QueueRequestRefused("name exactly one of: a job id, --study UID, --all-failed")
+        now = self._clock()
+        with self.database.write_session() as session:
+            if job_id is not None:
+                job = session.get(Job, job_id)
+                if job is None:
+                    raise QueueRequestRefused(f"there is no job {job_id}")
+                jobs = [job]
+            elif study_uid is not None:
+                study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+                if study is None:
+                    raise QueueRequestRefused(f"no study {study_uid} has been received")
+                if not study.jobs:
+                    raise QueueRequestRefused(f"study {study_uid} has no job yet (state {study.state})")
+                jobs = [study.jobs[-1]]
+            else:
+                jobs = list(session.scalars(select(Job).where(Job.state == JobState.FAILED).order_by(Job.id)))
+            requeued = []
+            for job in jobs:
+                if job.state != JobState.FAILED:
+                    if all_failed:
+                        continue
+                    raise QueueRequestRefused(f"job {job.id} is {job.state}; only failed jobs can be retried")
+                other = session.scalar(select(Job.id).where(Job.study_id == job.study_id, Job.id != job.id,
+                                                            Job.state.in_(ACTIVE_JOB_STATES)))
+                if other is not None or job.study.state in (StudyState.RECEIVING, StudyState.STABLE):
+                    if all_failed:
+                        continue
+                    raise QueueRequestRefused(
+                        f"study {job.study.study_uid} is {job.study.state} with newer work pending; "
+                        "it is analysed again when that ends")
+                job.state = JobState.QUEUED
+                job.attempts = 0
+                job.max_attempts = self.settings.max_attempts
+                job.not_before = job.worker_id = job.finished_at = job.lease_expires_at = None
+                job.updated_at = now
+                add_event(session, "job.retried", study_uid=job.study.study_uid, job_id=job.id,
+                          detail={"by": "operator", "previous_error": job.last_error})
+                set_study_state(session, job.study, StudyState.QUEUED, reason="retry requested", job_id=job.id)
+                requeued.append(job.id)
+            return requeued
+
+
+def _analysable_instances(session: Session, study_id: int) -> tuple[JobInstance, ...]:
+    rows = session.execute(
+        select(Instance, Series.series_uid).join(Series, Instance.series_id == Series.id)
+        .where(Instance.study_id == study_id, Instance.produced_by_us.is_(False))
+        .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
+    )
+    return tuple(
+        JobInstance(sop_instance_uid=i.sop_instance_uid, series_uid=series_uid, sop_class_uid=i.sop_class_uid,
+                    modality=i.modality, transfer_syntax=i.transfer_syntax, instance_number=i.instance_number,
+                    spool_path=Path(i.spool_path))
+        for i, series_uid in rows
+    )

@@ -1,0 +1,325 @@
+"""Queue semantics: stability, claim with lease, heartbeat, retry, failure after N, reclaim, re-open, operator commands.
+
+Time is a controllable clock so lease expiry and quiet periods are exact; the database is a real SQLite file.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from dicom_ai.config import QueueSettings
+from dicom_ai.store.database import Database
+from dicom_ai.store.models import Event, Job, Study
+from dicom_ai.store.queue import JobQueue, LeaseLost, QueueRequestRefused
+from dicom_ai.store.records import JobState, ReceivedInstance, StudyState
+
+Factory = Callable[..., ReceivedInstance]
+STUDY = "1.2.826.0.1.1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture()
+def clock() -> Clock:
+    return Clock()
+
+
+def make_queue(database: Database, clock: Clock, **overrides: float) -> JobQueue:
+    values = dict(stable_after_seconds=5, lease_seconds=30, heartbeat_seconds=10, max_attempts=3,
+                  retry_delay_seconds=10, poll_seconds=0.05)
+    values.update(overrides)
+    return JobQueue(database, QueueSettings(**values), clock=clock)  # type: ignore[arg-type]
+
+
+@pytest.fixture()
+def queue(database: Database, clock: Clock) -> JobQueue:
+    return make_queue(database, clock)
+
+
+def study_state(database: Database, uid: str = STUDY) -> str:
+    with database.session() as session:
+        return session.scalars(select(Study.state).where(Study.study_uid == uid)).one()
+
+
+def job_row(database: Database, job_id: int) -> Job:
+    with database.session() as session:
+        return session.get_one(Job, job_id)
+
+
+def event_kinds(database: Database, uid: str = STUDY) -> list[str]:
+    with database.session() as session:
+        return list(session.scalars(select(Event.kind).where(Event.study_uid == uid).order_by(Event.id)))
+
+
+def receive(database: Database, factory: Factory, clock: Clock, count: int = 2, **kwargs: object) -> None:
+    # record_instance stamps received_at with the real clock; pin it to the test clock for exact quiet periods.
+    for _ in range(count):
+        database.record_instance(None, factory(study=STUDY, **kwargs))
+    with database.session() as session:
+        for study in session.scalars(select(Study)):
+            study.last_received_at = clock.now
+
+
+def stable_job(database: Database, queue: JobQueue, factory: Factory, clock: Clock) -> int:
+    receive(database, factory, clock)
+    clock.advance(6)
+    (job_id,) = queue.enqueue_stable_studies()
+    return job_id
+
+
+def test_study_becomes_stable_only_after_the_quiet_period(database: Database, queue: JobQueue,
+                                                          instance_factory: Factory, clock: Clock) -> None:
+    receive(database, instance_factory, clock)
+    clock.advance(4)
+    assert queue.enqueue_stable_studies() == []
+    assert study_state(database) == StudyState.RECEIVING
+    clock.advance(2)
+    (job_id,) = queue.enqueue_stable_studies()
+    assert study_state(database) == StudyState.QUEUED
+    assert queue.enqueue_stable_studies() == []  # one job per stable study
+    assert job_row(database, job_id).state == JobState.QUEUED
+    assert "study.state" in event_kinds(database) and "job.queued" in event_kinds(database)
+
+
+def test_claim_gives_instances_and_complete_marks_done(database: Database, queue: JobQueue,
+                                                       instance_factory: Factory, clock: Clock) -> None:
+    job_id = stable_job(database, queue, instance_factory, clock)
+    database.record_instance(None, instance_factory(study=STUDY, produced_by_us=True))
+    claim = queue.claim("w1")
+    assert claim is not None and claim.job_id == job_id and claim.attempt == 1
+    assert len(claim.instances) == 2  # our own output is not analysed
+    assert all(i.spool_path.name.endswith(".dcm") for i in claim.instances)
+    assert claim.calling_ae == "MODALITY"
+    assert study_state(database) == StudyState.PROCESSING
+    assert queue.claim("w2") is None
+    queue.complete(job_id, "w1")
+    assert job_row(database, job_id).state == JobState.DONE
+    assert study_state(database) == StudyState.DONE
+    with pytest.raises(LeaseLost):
+        queue.complete(job_id, "w1")
+
+
+def test_failed_attempts_are_retried_after_a_delay_then_fail(database: Database, queue: JobQueue,
+                                                             instance_factory: Factory, clock: Clock) -> None:
+    job_id = stable_job(database, queue, instance_factory, clock)
+    for attempt in (1, 2):
+        claim = queue.claim("w1")
+        assert claim is not None and claim.attempt == attempt
+        assert queue.fail(job_id, "w1", f"boom {attempt}") == JobState.QUEUED
+        assert study_state(database) == StudyState.QUEUED
+        assert queue.claim("w1") is None  # not before the retry delay
+        clock.advance(10)
+    assert queue.claim("w1") is not None
+    assert queue.fail(job_id, "w1", "boom 3") == JobState.FAILED
+    row = job_row(database, job_id)
+    assert (row.state, row.attempts, row.last_error) == (JobState.FAILED, 3, "boom 3")
+    assert study_state(database) == StudyState.FAILED
+    clock.advance(60)
+    assert queue.claim("w1") is None
+    assert event_kinds(database).count("job.attempt_failed") == 2
+    assert event_kinds(database).count("job.failed") == 1
+
+
+def test_permanent_failure_does_not_retry(database: Database, queue: JobQueue, instance_factory: Factory,
+                                          clock: Clock) -> None:
+    job_id = stable_job(database, queue, instance_factory, clock)
+    queue.claim("w1")
+    assert queue.fail(job_id, "w1", "pipeline not available", permanent=True) == JobState.FAILED
+
+
+def test_retry_requeues_a_failed_job_with_fresh_attempts(database: Database, queue: JobQueue,
+                                                         instance_factory: Factory, clock: Clock) -> None:
+    job_id = stable_job(database, queue, instance_factory, clock)
+    queue.claim("w1")
+    queue.fail(job_id, "w1", "no model", permanent=True)
+    with pytest.raises(QueueRequestRefused, match="exactly one"):
+        queue.retry()
+    assert queue.retry(study_uid=STUDY) == [job_id]
+    assert study_state(database) == StudyState.QUEUED
+    claim = queue.claim("w2")
+    assert claim is not None and claim.attempt == 1
+    queue.complete(job_id, "w2")
+    with pytest.raises(QueueRequestRefused, match="only failed jobs"):
+        queue.retry(job_id=job_id)
+    with pytest.raises(QueueRequestRefused, match="no job 999"):
+        queue.retry(job_id=999)
+    assert queue.retry(all_failed=True) == []
+    retried = [json.loads(e.detail) for e in _events(database, "job.retried")]
+    assert retried == [{"by": "operator", "previous_error": "no model"}]
+
+
+def _events(database: Database, kind: str) -> list[Event]:
+    with database.session() as session:
+        return list(session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)))
+
+
+def test_expired_lease_is_reclaimed_and_run_by_another_worker(tmp_path: Path, instance_factory: Factory,
+                                                              clock: Clock) -> None:
+    # Two Database objects = two connection pools, as two node processes would have.
+    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    db_a, db_b = Database(url), Database(url)
+    node_a, node_b = make_queue(db_a, clock), make_queue(db_b, clock)
+    job_id = stable_job(db_a, node_a, instance_factory, clock)
+    assert node_a.claim("node-a") is not None
+    assert node_b.claim("node-b") is None
+    clock.advance(20)
+    assert node_a.heartbeat(job_id, "node-a")  # lease renewed to t+50
+    clock.advance(29)
+    assert node_b.reclaim_expired() == []
+    clock.advance(2)  # node-a went silent (killed): the lease has run out
+    assert node_b.reclaim_expired() == [job_id]
+    assert job_row(db_b, job_id).state == JobState.QUEUED
+    assert not node_a.heartbeat(job_id, "node-a")
+    clock.advance(10)
+    claim = node_b.claim("node-b")
+    assert claim is not None and claim.attempt == 2
+    with pytest.raises(LeaseLost):
+        node_a.complete(job_id, "node-a")
+    node_b.complete(job_id, "node-b")
+    assert study_state(db_a) == StudyState.DONE
+    (reclaimed,) = _events(db_a, "job.attempt_failed")
+    assert "lease expired" in json.loads(reclaimed.detail)["error"]
+    db_a.close()
+    db_b.close()
+
+
+def test_expired_leases_count_towards_max_attempts(database: Database, instance_factory: Factory,
+                                                   clock: Clock) -> None:
+    queue = make_queue(database, clock, max_attempts=1)
+    job_id = stable_job(database, queue, instance_factory, clock)
+    queue.claim("w1")
+    clock.advance(31)
+    queue.reclaim_expired()
+    assert job_row(database, job_id).state == JobState.FAILED
+
+
+def test_concurrent_claimers_never_share_a_job(tmp_path: Path, instance_factory: Factory, clock: Clock) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    setup = Database(url)
+    producer = make_queue(setup, clock)
+    for n in range(12):
+        setup.record_instance(None, instance_factory(study=f"1.2.3.{n}"))
+    clock.advance(3600)
+    assert len(producer.enqueue_stable_studies()) == 12
+    claimed: dict[str, list[int]] = {}
+    databases = [Database(url) for _ in range(4)]
+
+    def drain(name: str, database: Database) -> None:
+        queue = make_queue(database, clock)
+        mine = claimed.setdefault(name, [])
+        while (claim := queue.claim(name)) is not None:
+            mine.append(claim.job_id)
+
+    threads = [threading.Thread(target=drain, args=(f"w{i}", db)) for i, db in enumerate(databases)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [job for jobs in claimed.values() for job in jobs]
+    assert sorted(every) == sorted(set(every)) and len(every) == 12
+    for database in [setup, *databases]:
+        database.close()
+
+
+def test_late_instance_reopens_a_done_study_and_queues_a_new_job(database: Database, queue: JobQueue,
+                                                                 instance_factory: Factory, clock: Clock) -> None:
+    first = stable_job(database, queue, instance_factory, clock)
+    queue.claim("w1")
+    queue.complete(first, "w1")
+    receive(database, instance_factory, clock, count=1)
+    assert study_state(database) == StudyState.RECEIVING
+    assert queue.enqueue_stable_studies() == []
+    clock.advance(6)
+    (second,) = queue.enqueue_stable_studies()
+    row = job_row(database, second)
+    assert second != first and row.trigger == "reanalysis"
+    claim = queue.claim("w1")
+    assert claim is not None and len(claim.instances) == 3
+
+
+def test_own_outputs_never_reopen_a_study(database: Database, queue: JobQueue, instance_factory: Factory,
+                                          clock: Clock) -> None:
+    job_id = stable_job(database, queue, instance_factory, clock)
+    queue.claim("w1")
+    queue.complete(job_id, "w1")
+    database.record_instance(None, instance_factory(study=STUDY, series="1.2.826.0.1.1.99", produced_by_us=True))
+    assert study_state(database) == StudyState.DONE
+    clock.advance(60)
+    assert queue.enqueue_stable_studies() == []
+
+
+def test_study_of_only_own_outputs_is_done_without_a_job(database: Database, queue: JobQueue,
+                                                         instance_factory: Factory, clock: Clock) -> None:
+    database.record_instance(None, instance_factory(study="1.2.5", produced_by_us=True))
+    clock.advance(3600)
+    assert queue.enqueue_stable_studies() == []
+    assert study_state(database, "1.2.5") == StudyState.DONE
+
+
+def test_instance_while_processing_leads_to_a_second_analysis(database: Database, queue: JobQueue,
+                                                              instance_factory: Factory, clock: Clock) -> None:
+    first = stable_job(database, queue, instance_factory, clock)
+    queue.claim("w1")
+    receive(database, instance_factory, clock, count=1)
+    clock.advance(6)
+    assert queue.enqueue_stable_studies() == []  # waits for the running job
+    queue.complete(first, "w1")
+    assert job_row(database, first).state == JobState.DONE
+    assert study_state(database) == StudyState.STABLE  # not done: it has unanalysed instances
+    (second,) = queue.enqueue_stable_studies()
+    assert second != first
+
+
+def test_instance_while_queued_cancels_the_premature_job(database: Database, queue: JobQueue,
+                                                         instance_factory: Factory, clock: Clock) -> None:
+    first = stable_job(database, queue, instance_factory, clock)
+    receive(database, instance_factory, clock, count=1)
+    assert job_row(database, first).state == JobState.CANCELLED
+    assert queue.claim("w1") is None
+    clock.advance(6)
+    (second,) = queue.enqueue_stable_studies()
+    claim = queue.claim("w1")
+    assert claim is not None and claim.job_id == second and len(claim.instances) == 3
+
+
+def test_operator_completes_a_study_without_waiting(database: Database, queue: JobQueue,
+                                                    instance_factory: Factory, clock: Clock) -> None:
+    receive(database, instance_factory, clock)
+    result = queue.complete_study(STUDY)
+    assert result.job_id is not None and result.state == StudyState.QUEUED
+    assert job_row(database, result.job_id).trigger == "operator"
+    assert queue.complete_study(STUDY).job_id is None  # already queued: nothing more to do
+    with pytest.raises(QueueRequestRefused, match="no study"):
+        queue.complete_study("1.2.999")
+    claim = queue.claim("w1")
+    assert claim is not None
+    queue.complete(claim.job_id, "w1")
+    with pytest.raises(QueueRequestRefused, match="retry --study"):
+        queue.complete_study(STUDY)
+
+
+def test_release_hands_the_job_back_without_counting_the_attempt(database: Database, queue: JobQueue,
+                                                                 instance_factory: Factory, clock: Clock) -> None:
+    job_id = stable_job(database, queue, instance_factory, clock)
+    queue.claim("w1")
+    queue.release(job_id, "w1")
+    assert (job_row(database, job_id).state, job_row(database, job_id).attempts) == (JobState.QUEUED, 0)
+    assert study_state(database) == StudyState.QUEUED
+    claim = queue.claim("w2")
+    assert claim is not None and claim.attempt == 1
