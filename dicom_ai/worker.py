@@ -1,0 +1,234 @@
+"""The worker: threads that claim jobs from the durable queue and run the study handler on each.
+
+`build_study_handler` is the glue queue -> pipeline -> report -> send; the rest of this module is the loop around
+it: claim with a lease, heartbeat while the handler runs, `complete` when it returns, `fail` when it raises (the
+error text goes to the audit trail), `release` on a graceful stop. A job is never marked done unless the handler
+returned.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dicom_ai.config import ConfigError, Settings
+from dicom_ai.store.database import Database
+from dicom_ai.store.queue import JobQueue, LeaseLost
+from dicom_ai.store.records import ClaimedJob, JobInstance
+
+log = logging.getLogger(__name__)
+
+
+class PermanentJobError(Exception):
+    """Raised by a handler when trying again cannot help: the job fails at once, without further attempts."""
+
+
+class PipelineUnavailable(PermanentJobError):
+    """The analysis pipeline is not installed or not configured, so no study can be analysed."""
+
+
+@dataclass(frozen=True)
+class StudyJob:
+    """What a handler gets: one claimed job, the study's analysable instances, and a way to write the audit trail.
+
+    `instances` excludes our own outputs that came back (`produced_by_us`). `stop_requested` turns true when the
+    node is stopping or the lease was lost; a long handler should check it between steps and raise.
+    """
+
+    job_id: int
+    study_uid: str
+    attempt: int
+    max_attempts: int
+    calling_ae: str
+    instances: tuple[JobInstance, ...]
+    _database: Database = field(repr=False, compare=False)
+    _stop: threading.Event = field(repr=False, compare=False, default_factory=threading.Event)
+
+    def record(self, kind: str, detail: str | dict[str, Any] = "") -> None:
+        """Add an event (e.g. "pipeline.routed", "send.stored") to this study's audit trail."""
+        self._database.record_event(kind, study_uid=self.study_uid, job_id=self.job_id, detail=detail)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    @classmethod
+    def from_claim(cls, claim: ClaimedJob, database: Database) -> StudyJob:
+        return cls(job_id=claim.job_id, study_uid=claim.study_uid, attempt=claim.attempt,
+                   max_attempts=claim.max_attempts, calling_ae=claim.calling_ae, instances=claim.instances,
+                   _database=database)
+
+
+StudyHandler = Callable[[StudyJob], None]
+
+
+def load_handler(dotted_path: str) -> StudyHandler:
+    """Import `package.module:callable` (the `queue.handler` testing/extension hook)."""
+    module_name, _, attribute = dotted_path.partition(":")
+    try:
+        handler = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"queue.handler: cannot import {dotted_path!r}: {exc}") from None
+    if not callable(handler):
+        raise ConfigError(f"queue.handler: {dotted_path!r} is not callable")
+    return handler  # type: ignore[no-any-return]
+
+
+def build_study_handler(settings: Settings, database: Database) -> StudyHandler:
+    """The job function run for every stable study: pipeline -> report -> send, each hop recorded via `job.record`.
+
+    `queue.handler` replaces it with any importable callable (tests and extensions).
+    """
+    if settings.queue.handler:
+        return load_handler(settings.queue.handler)
+    return _analyse_study_handler(settings, database)
+
+
+def _analyse_study_handler(settings: Settings, database: Database) -> StudyHandler:
+    # The pipeline stage plugs in here (issue 3), then report and send. Until then, say so and fail visibly:
+    # a job must never look done when nothing was analysed.
+    def analyse(job: StudyJob) -> None:
+        raise PipelineUnavailable("pipeline not available: this build of dicom-ai has no analysis pipeline "
+                                  "installed; the study is stored and audited but was not analysed")
+
+    return analyse
+
+
+def default_worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class _Held:
+    worker_id: str
+    job: StudyJob
+
+
+class Worker:
+    """Local worker threads plus one heartbeat thread. `start()`/`stop()`, or `run_once()` for a single job."""
+
+    def __init__(self, queue: JobQueue, handler: StudyHandler, *, threads: int | None = None,
+                 name: str | None = None, stop_timeout: float = 10.0) -> None:
+        self.queue = queue
+        self.handler = handler
+        self.threads = queue.settings.workers if threads is None else threads
+        self.name = name or default_worker_name()
+        self.stop_timeout = stop_timeout
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
+        self._held: dict[int, _Held] = {}
+        self._held_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    # -- life cycle ----------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for index in range(self.threads):
+            worker_id = f"{self.name}:w{index}"
+            thread = threading.Thread(target=self._loop, args=(worker_id,), name=f"worker-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        if self.threads:
+            self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="worker-heartbeat",
+                                                      daemon=True)
+            self._heartbeat_thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming; give running handlers `timeout` seconds, then hand their jobs back to the queue."""
+        self._stopping.set()
+        with self._held_lock:
+            for held in self._held.values():
+                held.job._stop.set()
+        grace = self.stop_timeout if timeout is None else timeout
+        deadline = time.monotonic() + grace
+        for thread in self._threads:  # leases keep being renewed meanwhile
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._stopped.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join()
+        with self._held_lock:
+            leftovers = list(self._held.items())
+        for job_id, held in leftovers:
+            try:
+                self.queue.release(job_id, held.worker_id)
+                log.warning("job %d: handler still running at stop; released so it runs again", job_id)
+            except LeaseLost:
+                pass
+
+    @property
+    def busy(self) -> int:
+        with self._held_lock:
+            return len(self._held)
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+
+    def _loop(self, worker_id: str) -> None:
+        while not self._stopping.is_set():
+            try:
+                worked = self.run_once(worker_id)
+            except Exception:  # a database hiccup must not kill the worker thread
+                log.exception("worker %s: error while taking a job; retrying", worker_id)
+                worked = False
+            if not worked:
+                self._stopping.wait(self.queue.settings.poll_seconds)
+
+    def run_once(self, worker_id: str | None = None) -> bool:
+        """Claim one due job and run the handler on it; False when there was none."""
+        worker_id = worker_id or f"{self.name}:once"
+        claim = self.queue.claim(worker_id)
+        if claim is None:
+            return False
+        job = StudyJob.from_claim(claim, self.queue.database)
+        with self._held_lock:
+            self._held[job.job_id] = _Held(worker_id, job)
+        log.info("job %d: study %s, attempt %d/%d, %d instances", job.job_id, job.study_uid, job.attempt,
+                 job.max_attempts, len(job.instances))
+        try:
+            self._run_handler(job, worker_id)
+        finally:
+            with self._held_lock:
+                self._held.pop(job.job_id, None)
+        return True
+
+    def _run_handler(self, job: StudyJob, worker_id: str) -> None:
+        try:
+            self.handler(job)
+        except Exception as exc:
+            error = "".join(traceback.format_exception_only(exc)).strip()
+            trace = "".join(traceback.format_exception(exc)[-6:])
+            try:
+                state = self.queue.fail(job.job_id, worker_id, f"{error}\n{trace}",
+                                        permanent=isinstance(exc, PermanentJobError))
+                log.error("job %d: attempt %d failed (%s); job is now %s", job.job_id, job.attempt, error, state)
+            except LeaseLost as lost:
+                log.error("job %d failed after its lease was lost: %s", job.job_id, lost)
+            return
+        try:
+            self.queue.complete(job.job_id, worker_id)
+            log.info("job %d: done (study %s)", job.job_id, job.study_uid)
+        except LeaseLost as lost:
+            # Someone else holds (or will re-run) the job now; its outcome is theirs to record.
+            log.error("job %d finished after its lease was lost: %s", job.job_id, lost)
+            job.record("job.result_discarded", {"worker": worker_id, "reason": str(lost)})
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.queue.settings.heartbeat_seconds
+        while not self._stopped.wait(interval):
+            with self._held_lock:
+                held = list(self._held.items())
+            for job_id, entry in held:
+                try:
+                    if not self.queue.heartbeat(job_id, entry.worker_id):
+                        log.error("job %d: lease lost (reclaimed by the queue); asking its handler to stop", job_id)
+                        entry.job._stop.set()
+                except Exception:
+                    log.exception("job %d: heartbeat failed; will try again", job_id)

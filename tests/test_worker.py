@@ -1,0 +1,187 @@
+"""The worker loop with real threads, a real SQLite queue and handlers defined here."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from dicom_ai.config import ConfigError, QueueSettings, load_settings
+from dicom_ai.store.database import Database
+from dicom_ai.store.models import Event, Job
+from dicom_ai.store.queue import JobQueue
+from dicom_ai.store.records import JobState, ReceivedInstance
+from dicom_ai.worker import StudyJob, Worker, build_study_handler, load_handler
+
+STUDY = "1.2.826.0.2.1"
+
+
+@pytest.fixture()
+def database(tmp_path: Path) -> Iterator[Database]:
+    db = Database(f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    yield db
+    db.close()
+
+
+def fast_queue(database: Database, **overrides: float) -> JobQueue:
+    values: dict[str, float] = dict(stable_after_seconds=0.05, lease_seconds=1.0, heartbeat_seconds=0.1,
+                                    max_attempts=3, retry_delay_seconds=0, poll_seconds=0.02)
+    values.update(overrides)
+    return JobQueue(database, QueueSettings(**values))  # type: ignore[arg-type]
+
+
+def queued_study(database: Database, queue: JobQueue, count: int = 2) -> int:
+    for n in range(count):
+        database.record_instance(None, ReceivedInstance(
+            study_uid=STUDY, series_uid=f"{STUDY}.1", sop_instance_uid=f"{STUDY}.1.{n + 1}",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.4", transfer_syntax="1.2.840.10008.1.2.1", modality="MR",
+            patient_id="P", patient_name="", study_date="", series_number=1, instance_number=n + 1,
+            series_description="", size_bytes=10, spool_path=f"/spool/{n}.dcm", calling_ae="MRI"))
+    result = queue.complete_study(STUDY)
+    assert result.job_id is not None
+    return result.job_id
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def job_state(database: Database, job_id: int) -> tuple[str, int, str]:
+    with database.session() as session:
+        job = session.get_one(Job, job_id)
+        return job.state, job.attempts, job.last_error
+
+
+def events(database: Database, kind: str) -> list[dict[str, object]]:
+    with database.session() as session:
+        rows = session.scalars(select(Event.detail).where(Event.kind == kind).order_by(Event.id))
+        return [json.loads(detail) for detail in rows]
+
+
+def test_handler_that_returns_completes_the_job(database: Database) -> None:
+    queue = fast_queue(database)
+    job_id = queued_study(database, queue)
+    seen: list[StudyJob] = []
+
+    def handler(job: StudyJob) -> None:
+        seen.append(job)
+        job.record("test.analysed", {"instances": len(job.instances)})
+
+    worker = Worker(queue, handler, threads=2)
+    worker.start()
+    try:
+        wait_for(lambda: job_state(database, job_id)[0] == JobState.DONE)
+    finally:
+        worker.stop()
+    assert [job.study_uid for job in seen] == [STUDY]
+    assert [i.sop_instance_uid for i in seen[0].instances] == [f"{STUDY}.1.1", f"{STUDY}.1.2"]
+    assert events(database, "test.analysed") == [{"instances": 2}]
+
+
+def test_failing_handler_is_retried_then_failed_with_its_error(database: Database) -> None:
+    queue = fast_queue(database, max_attempts=3)
+    job_id = queued_study(database, queue)
+    calls = []
+
+    def handler(job: StudyJob) -> None:
+        calls.append(job.attempt)
+        raise ValueError(f"cannot decode pixel data (attempt {job.attempt})")
+
+    worker = Worker(queue, handler, threads=1)
+    worker.start()
+    try:
+        wait_for(lambda: job_state(database, job_id)[0] == JobState.FAILED)
+    finally:
+        worker.stop()
+    state, attempts, error = job_state(database, job_id)
+    assert calls == [1, 2, 3] and attempts == 3
+    assert error.startswith("ValueError: cannot decode pixel data (attempt 3)")
+    assert [e["attempt"] for e in events(database, "job.attempt_failed")] == [1, 2]
+
+
+def test_heartbeats_keep_a_long_job_from_being_reclaimed(database: Database) -> None:
+    queue = fast_queue(database, lease_seconds=0.5, heartbeat_seconds=0.1)
+    job_id = queued_study(database, queue)
+    reclaimed: list[int] = []
+
+    def handler(job: StudyJob) -> None:
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            reclaimed.extend(queue.reclaim_expired())
+            time.sleep(0.1)
+
+    worker = Worker(queue, handler, threads=1)
+    worker.start()
+    try:
+        wait_for(lambda: job_state(database, job_id)[0] == JobState.DONE)
+    finally:
+        worker.stop()
+    assert reclaimed == [] and job_state(database, job_id)[1] == 1
+
+
+def test_stop_releases_a_running_job_so_it_runs_again(database: Database) -> None:
+    queue = fast_queue(database)
+    job_id = queued_study(database, queue)
+    started, never = threading.Event(), threading.Event()
+
+    def stuck(job: StudyJob) -> None:
+        started.set()
+        never.wait(5)  # ignores stop_requested, like a long model call
+
+    worker = Worker(queue, stuck, threads=1)
+    worker.start()
+    assert started.wait(5)
+    worker.stop(timeout=0.2)
+    assert job_state(database, job_id)[:2] == (JobState.QUEUED, 0)
+    assert events(database, "job.released")
+    done: list[int] = []
+    assert Worker(queue, lambda job: done.append(job.attempt), threads=0).run_once()
+    assert done == [1] and job_state(database, job_id)[0] == JobState.DONE
+    never.set()
+
+
+def test_stop_lets_a_cooperative_handler_finish_its_attempt(database: Database) -> None:
+    queue = fast_queue(database)
+    job_id = queued_study(database, queue)
+    started = threading.Event()
+
+    def cooperative(job: StudyJob) -> None:
+        started.set()
+        while not job.stop_requested:
+            time.sleep(0.01)
+        raise RuntimeError("interrupted by stop")
+
+    worker = Worker(queue, cooperative, threads=1)
+    worker.start()
+    assert started.wait(5)
+    worker.stop(timeout=5)
+    state, attempts, error = job_state(database, job_id)
+    assert state == JobState.QUEUED and "interrupted by stop" in error
+
+
+def test_default_handler_fails_visibly_without_a_pipeline(database: Database, tmp_path: Path) -> None:
+    settings = load_settings(None, environ={})
+    queue = fast_queue(database)
+    job_id = queued_study(database, queue)
+    assert Worker(queue, build_study_handler(settings, database), threads=0).run_once()
+    state, attempts, error = job_state(database, job_id)
+    assert (state, attempts) == (JobState.FAILED, 1)
+    assert "pipeline not available" in error
+
+
+def test_handler_hook_loads_a_dotted_path_and_names_the_key_on_error() -> None:
+    handler = load_handler("tests.store.handlers:always_fails")
+    assert callable(handler)
+    with pytest.raises(ConfigError, match="queue.handler"):
+        load_handler("tests.store.handlers:no_such_handler")
+    with pytest.raises(ConfigError, match="queue.handler"):
+        load_handler("no_such_module_xyz:handler")
