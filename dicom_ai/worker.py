@@ -102,6 +102,17 @@ def _analyse_study_handler(settings: Settings, database: Database) -> StudyHandl
     return analyse
 
 
+def models_status(settings: Settings) -> dict[str, Any]:
+    """What `dicom-ai status` shows under "models": the pipeline stage extends this (loaded, missing, checksum).
+
+    Keys: `available` (bool: can studies be analysed at all), `detail` (one line for the operator), and
+    optionally `models` (a list of {name, version, state, detail}).
+    """
+    if settings.queue.handler:
+        return {"available": True, "detail": f"jobs run the handler {settings.queue.handler} (queue.handler)"}
+    return {"available": False, "detail": "no analysis pipeline installed: studies are stored, not analysed"}
+
+
 def default_worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 

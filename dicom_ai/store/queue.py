@@ -130,10 +130,10 @@ class JobQueue:
                 return None  # another worker won the race; the caller simply polls again
             job = session.get_one(Job, candidate, populate_existing=True)
             study = job.study
-            if study.state == StudyState.QUEUED:
-                set_study_state(session, study, StudyState.PROCESSING, job_id=job.id)
             add_event(session, "job.claimed", study_uid=study.study_uid, job_id=job.id,
                       detail={"worker": worker_id, "attempt": job.attempts, "max_attempts": job.max_attempts})
+            if study.state == StudyState.QUEUED:
+                set_study_state(session, study, StudyState.PROCESSING, job_id=job.id)
             return ClaimedJob(job_id=job.id, study_uid=study.study_uid, attempt=job.attempts,
                               max_attempts=job.max_attempts, worker_id=worker_id, calling_ae=study.calling_ae,
                               instances=_analysable_instances(session, study.id))

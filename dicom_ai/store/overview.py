@@ -1,0 +1,259 @@
+"""Read-only views of the audit database for operators: the node's status and the trail of one study.
+
+Values are plain dataclasses; `to_jsonable` turns them into the documented `--json` output of `dicom-ai status`
+and `dicom-ai audit`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, is_dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, or_, select
+
+from dicom_ai.store.database import Database
+from dicom_ai.store.models import Association, Event, Instance, Job, NodeRun, Series, Study, utcnow
+from dicom_ai.store.records import JobState, StudyState
+
+
+@dataclass(frozen=True)
+class ListenerStatus:
+    """The latest `dicom-ai serve` run recorded in this database; `running` = alive within `stale_after`."""
+
+    ae_title: str
+    bind: str
+    port: int
+    tls: bool
+    hostname: str
+    pid: int
+    started_at: datetime
+    last_seen_at: datetime
+    stopped_at: datetime | None
+    running: bool
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    id: int
+    study_uid: str
+    state: str
+    trigger: str
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    updated_at: datetime
+    worker_id: str | None
+    lease_expires_at: datetime | None
+    last_error: str
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    study_uid: str
+    state: str
+    patient_id: str
+    calling_ae: str
+    instance_count: int
+    series_count: int
+    first_received_at: datetime
+    last_received_at: datetime
+    state_changed_at: datetime
+    latest_job_id: int | None
+    latest_job_state: str | None
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    schema_version: list[str]
+    listener: ListenerStatus | None
+    queue_depth: int
+    jobs_by_state: dict[str, int]
+    studies_by_state: dict[str, int]
+    running_jobs: list[JobSummary]
+    failed_jobs: list[JobSummary]
+    recent_studies: list[StudySummary]
+    models: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AssociationRecord:
+    id: int
+    peer_ae: str
+    peer_host: str
+    peer_port: int
+    called_ae: str
+    tls: bool
+    started_at: datetime
+    ended_at: datetime | None
+    outcome: str
+    stored_count: int
+    failed_count: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class SeriesRecord:
+    series_uid: str
+    modality: str
+    series_number: int | None
+    series_description: str
+    state: str
+    instance_count: int
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    sop_instance_uid: str
+    series_uid: str
+    sop_class_uid: str
+    modality: str
+    transfer_syntax: str
+    instance_number: int | None
+    size_bytes: int
+    spool_path: str
+    received_at: datetime
+    association_id: int | None
+    calling_ae: str
+    produced_by_us: bool
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    at: datetime
+    kind: str
+    study_uid: str | None
+    series_uid: str | None
+    sop_instance_uid: str | None
+    association_id: int | None
+    job_id: int | None
+    detail: Any  # a JSON object when the event carried one, else text
+
+
+@dataclass(frozen=True)
+class StudyTrail:
+    """Everything recorded about one study, oldest first."""
+
+    study: StudySummary
+    series: list[SeriesRecord]
+    associations: list[AssociationRecord]
+    instances: list[InstanceRecord]
+    jobs: list[JobSummary]
+    events: list[EventRecord]
+
+
+class UnknownStudy(LookupError):
+    pass
+
+
+LISTENER_STALE_AFTER = timedelta(seconds=30)
+
+
+def node_status(database: Database, recent: int = 10, stale_after: timedelta = LISTENER_STALE_AFTER) -> NodeStatus:
+    with database.session() as session:
+        run = session.scalar(select(NodeRun).order_by(NodeRun.id.desc()).limit(1))
+        listener = None
+        if run is not None:
+            running = run.stopped_at is None and utcnow() - run.heartbeat_at < stale_after
+            listener = ListenerStatus(run.ae_title, run.bind, run.port, run.tls, run.hostname, run.pid,
+                                      run.started_at, run.heartbeat_at, run.stopped_at, running)
+        jobs_by_state = {str(state): 0 for state in JobState}
+        jobs_by_state.update(_counts(session, Job.state))
+        studies_by_state = {str(state): 0 for state in StudyState}
+        studies_by_state.update(_counts(session, Study.state))
+        running_jobs = [_job(job) for job in session.scalars(
+            select(Job).where(Job.state == JobState.RUNNING).order_by(Job.id))]
+        failed_jobs = [_job(job) for job in session.scalars(
+            select(Job).where(Job.state == JobState.FAILED).order_by(Job.updated_at.desc()).limit(recent))]
+        studies = [_study(session, study) for study in session.scalars(
+            select(Study).order_by(Study.last_received_at.desc()).limit(recent))]
+    return NodeStatus(
+        schema_version=database.schema_version(), listener=listener, queue_depth=jobs_by_state[JobState.QUEUED],
+        jobs_by_state=jobs_by_state, studies_by_state=studies_by_state, running_jobs=running_jobs,
+        failed_jobs=failed_jobs, recent_studies=studies,
+    )
+
+
+def study_trail(database: Database, study_uid: str) -> StudyTrail:
+    with database.session() as session:
+        study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+        if study is None:
+            raise UnknownStudy(f"no study {study_uid} has been received")
+        series_rows = {s.id: s for s in study.series}
+        instances = list(session.scalars(select(Instance).where(Instance.study_id == study.id)
+                                         .order_by(Instance.received_at, Instance.id)))
+        association_ids = {i.association_id for i in instances if i.association_id is not None}
+        associations = list(session.scalars(select(Association).where(Association.id.in_(association_ids))
+                                            .order_by(Association.id)))
+        job_ids = [job.id for job in study.jobs]
+        events = list(session.scalars(
+            select(Event).where(or_(Event.study_uid == study_uid, Event.job_id.in_(job_ids)))
+            .order_by(Event.id)))
+        return StudyTrail(
+            study=_study(session, study),
+            series=[SeriesRecord(s.series_uid, s.modality, s.series_number, s.series_description, s.state,
+                                 s.instance_count) for s in series_rows.values()],
+            associations=[_association(a) for a in associations],
+            instances=[InstanceRecord(i.sop_instance_uid, series_rows[i.series_id].series_uid
+                                      if i.series_id in series_rows else "", i.sop_class_uid, i.modality,
+                                      i.transfer_syntax, i.instance_number, i.size_bytes, i.spool_path,
+                                      i.received_at, i.association_id, i.calling_ae, i.produced_by_us)
+                       for i in instances],
+            jobs=[_job(job) for job in study.jobs],
+            events=[_event(e) for e in events],
+        )
+
+
+def recent_events(database: Database, limit: int = 50) -> list[EventRecord]:
+    """The newest events of the whole node, oldest first (the trail when no study is named)."""
+    with database.session() as session:
+        rows = list(session.scalars(select(Event).order_by(Event.id.desc()).limit(limit)))
+    return [_event(e) for e in reversed(rows)]
+
+
+def _counts(session: Any, column: Any) -> dict[str, int]:
+    return {state: count for state, count in session.execute(select(column, func.count()).group_by(column))}
+
+
+def _job(job: Job) -> JobSummary:
+    return JobSummary(job.id, job.study.study_uid, job.state, job.trigger, job.attempts, job.max_attempts,
+                      job.created_at, job.updated_at, job.worker_id, job.lease_expires_at, job.last_error)
+
+
+def _study(session: Any, study: Study) -> StudySummary:
+    latest = study.jobs[-1] if study.jobs else None
+    series_count = session.scalar(select(func.count()).select_from(Series).where(Series.study_id == study.id))
+    return StudySummary(study.study_uid, study.state, study.patient_id, study.calling_ae, study.instance_count,
+                        series_count or 0, study.first_received_at, study.last_received_at,
+                        study.state_changed_at, latest.id if latest else None, latest.state if latest else None)
+
+
+def _association(a: Association) -> AssociationRecord:
+    return AssociationRecord(a.id, a.peer_ae, a.peer_host, a.peer_port, a.called_ae, a.tls, a.started_at,
+                             a.ended_at, a.outcome, a.stored_count, a.failed_count, a.reason)
+
+
+def _event(e: Event) -> EventRecord:
+    detail: Any = e.detail
+    if detail.startswith("{"):
+        try:
+            detail = json.loads(detail)
+        except ValueError:
+            pass
+    return EventRecord(e.id, e.at, e.kind, e.study_uid, e.series_uid, e.sop_instance_uid, e.association_id,
+                       e.job_id, detail)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses -> dicts, datetimes -> ISO 8601 UTC strings, recursively."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
