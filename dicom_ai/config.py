@@ -149,11 +149,21 @@ class PipelineSettings(_Section):
 
 
 class SendSettings(_Section):
+    """Sending results back (dicom_ai/send/): destinations, the durable outbox's retry policy, the dispatcher."""
+
     to_sender: bool = True
     extra_destinations: tuple[str, ...] = ()
     max_attempts: int = Field(8, ge=1)
     backoff_initial_seconds: float = Field(5.0, gt=0)
     backoff_max_seconds: float = Field(600.0, gt=0)
+    timeout_seconds: float = Field(30.0, gt=0, description="connect, association and C-STORE response timeout")
+    poll_seconds: float = Field(1.0, gt=0, description="how often the idle dispatcher looks for due deliveries")
+
+    @model_validator(mode="after")
+    def _backoff_range(self) -> "SendSettings":
+        if self.backoff_max_seconds < self.backoff_initial_seconds:
+            raise ValueError("backoff_max_seconds: must be at least backoff_initial_seconds")
+        return self
 
 
 class Settings(_Section):

@@ -1,0 +1,367 @@
+"""The durable outbox: what we produced, for whom, and how delivery went.
+
+Each object is first written as a Part 10 file to `<data_dir>/outbox/` (temp file, fsync, rename), then recorded as
+one row per destination in the `outbox` table (`dicom_ai/store/outbox_model.py`) in the same transaction as its
+audit event. The dispatcher claims due rows (`pending` -> `sending`, counting the attempt), and reports each
+outcome: `sent`, or back to `pending` with exponential backoff, or `dead` after `send.max_attempts`. Rows survive
+restarts; rows found `sending` at start-up were interrupted and are released. `retry_dead` re-arms dead letters.
+
+Audit events (kind, one per object and destination): `send.queued`, `send.stored` (an attempt that succeeded),
+`send.failed` (an attempt that failed, with the next attempt time), `send.dead` (the attempt that made it a dead
+letter, or an unroutable result), `send.interrupted`, `send.retry`; `send.unroutable` once per study whose sender
+is not in `[nodes]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from dicom_ai.config import SendSettings, Settings
+from dicom_ai.send.backoff import backoff_delay
+from dicom_ai.send.destinations import DeliveryPlan
+from dicom_ai.store.database import Database, add_event
+from dicom_ai.store.models import utcnow
+from dicom_ai.store.outbox_model import OutboxItem, OutboxState
+from dicom_ai.uids import require_uid
+
+log = logging.getLogger(__name__)
+
+UNKNOWN_SENDER = "(unknown sender)"
+
+
+class OutboxWriteError(RuntimeError):
+    """An object could not be written to the outbox directory; nothing was queued."""
+
+
+@dataclass(frozen=True)
+class OutboxFile:
+    """One of our objects, safely on disk in the outbox directory."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """One row of the outbox, detached from the database."""
+
+    id: int
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    file_path: Path
+    destination: str
+    destination_ae: str
+    state: OutboxState
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str
+    job_id: int | None
+
+    @classmethod
+    def of(cls, row: OutboxItem) -> OutboxEntry:
+        return cls(id=row.id, study_uid=row.study_uid, series_uid=row.series_uid,
+                   sop_instance_uid=row.sop_instance_uid, sop_class_uid=row.sop_class_uid,
+                   transfer_syntax=row.transfer_syntax, file_path=Path(row.file_path), destination=row.destination,
+                   destination_ae=row.destination_ae, state=OutboxState(row.state), attempts=row.attempts,
+                   next_attempt_at=row.next_attempt_at, last_error=row.last_error, job_id=row.job_id)
+
+
+def encode_part10(dataset: Dataset) -> bytes:
+    """`dataset` as a Part 10 file (preamble, file meta); Explicit VR Little Endian unless its meta says otherwise."""
+    meta = getattr(dataset, "file_meta", None)
+    if meta is None or "TransferSyntaxUID" not in meta:
+        dataset.file_meta = meta if meta is not None else pydicom.dataset.FileMetaDataset()
+        dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise OutboxWriteError(f"cannot write {path}: {exc.strerror or exc}; free space in the data directory "
+                               f"and re-run the job (`dicom-ai retry`)") from exc
+
+
+class Outbox:
+    """The outbox of one node: files under `directory`, rows in `database`, retry policy from `settings`."""
+
+    def __init__(self, database: Database, directory: Path, settings: SendSettings, *,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.database = database
+        self.directory = Path(directory)
+        self.settings = settings
+        self._clock = clock
+
+    @classmethod
+    def for_node(cls, settings: Settings, database: Database) -> Outbox:
+        """The outbox under `<storage.data_dir>/outbox`."""
+        return cls(database, settings.storage.data_dir / "outbox", settings.send)
+
+    # -- queueing ------------------------------------------------------------------------------------------
+
+    def write_file(self, dataset: Dataset) -> OutboxFile:
+        """Write one object to the outbox directory (a fresh file name per call, never overwriting)."""
+        sop_instance_uid = require_uid(dataset.get("SOPInstanceUID"), "SOP Instance UID (0008,0018)")
+        data = encode_part10(dataset)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{sop_instance_uid}.{uuid.uuid4().hex[:12]}.dcm"
+        _write_atomically(path, data)
+        return OutboxFile(
+            study_uid=require_uid(dataset.get("StudyInstanceUID"), "Study Instance UID (0020,000D)"),
+            series_uid=require_uid(dataset.get("SeriesInstanceUID"), "Series Instance UID (0020,000E)"),
+            sop_instance_uid=sop_instance_uid,
+            sop_class_uid=require_uid(dataset.get("SOPClassUID"), "SOP Class UID (0008,0016)"),
+            transfer_syntax=str(dataset.file_meta.TransferSyntaxUID),
+            path=path,
+        )
+
+    def enqueue(self, datasets: Sequence[Dataset], plan: DeliveryPlan, *, study_uid: str,
+                job_id: int | None = None) -> list[OutboxEntry]:
+        """Queue `datasets` for every destination of `plan`; dead-letter them for an unresolved sender.
+
+        Re-queueing an object (same SOP Instance UID, same destination) re-arms its row instead of adding one, so
+        a re-processed study replaces its results at the destination rather than duplicating them.
+        """
+        if not datasets:
+            return []
+        if not plan.destinations and plan.unresolved_sender is None:
+            self.database.record_event("send.skipped", study_uid=study_uid, job_id=job_id,
+                                       detail={"reason": "no destination: send.to_sender is off and "
+                                                         "send.extra_destinations is empty"})
+            return []
+        files = [self.write_file(dataset) for dataset in datasets]
+        now = self._clock()
+        replaced: list[str] = []
+        entries: list[OutboxEntry] = []
+        with self.database.write_session() as session:
+            for item in files:
+                for destination in plan.destinations:
+                    row = _upsert(session, item, destination.name, destination.node.ae_title, job_id, now, replaced)
+                    add_event(session, "send.queued", study_uid=item.study_uid, job_id=job_id,
+                              series_uid=item.series_uid, sop_instance_uid=item.sop_instance_uid,
+                              detail={"destination": destination.name, "ae_title": destination.node.ae_title})
+                    session.flush()
+                    entries.append(OutboxEntry.of(row))
+            if plan.unresolved_sender is not None:
+                sender = plan.unresolved_sender or UNKNOWN_SENDER
+                add_event(session, "send.unroutable", study_uid=study_uid, job_id=job_id,
+                          detail={"calling_ae": plan.unresolved_sender, "reason": plan.unresolved_reason,
+                                  "objects": [item.sop_instance_uid for item in files]})
+                for item in files:
+                    row = _upsert(session, item, sender, plan.unresolved_sender[:16], job_id, now, replaced)
+                    row.state = OutboxState.DEAD
+                    row.last_error = plan.unresolved_reason
+                    add_event(session, "send.dead", study_uid=item.study_uid, job_id=job_id,
+                              series_uid=item.series_uid, sop_instance_uid=item.sop_instance_uid,
+                              detail={"destination": sender, "attempt": 0, "error": plan.unresolved_reason})
+                    session.flush()
+                    entries.append(OutboxEntry.of(row))
+        self._discard_unreferenced(replaced + [str(item.path) for item in files])
+        return entries
+
+    # -- the dispatcher's side -----------------------------------------------------------------------------
+
+    def claim_due(self, limit: int = 256) -> list[OutboxEntry]:
+        """Mark up to `limit` due rows `sending` (counting the attempt) and return them, oldest due first."""
+        now = self._clock()
+        with self.database.write_session() as session:
+            rows = session.scalars(
+                select(OutboxItem)
+                .where(OutboxItem.state == OutboxState.PENDING, OutboxItem.next_attempt_at <= now)
+                .order_by(OutboxItem.next_attempt_at, OutboxItem.id).limit(limit)
+            ).all()
+            for row in rows:
+                row.state = OutboxState.SENDING
+                row.attempts += 1
+                row.updated_at = now
+            return [OutboxEntry.of(row) for row in rows]
+
+    def record_sent(self, entry: OutboxEntry, detail: dict[str, Any] | None = None) -> bool:
+        """The destination accepted the object (success or warning status). False if the row changed meanwhile
+        (re-queued by a newer job): then it is sent again, which replaces the object at the destination."""
+        now = self._clock()
+        with self.database.write_session() as session:
+            row = _claimed(session, entry)
+            if row is None:
+                return False
+            row.state = OutboxState.SENT
+            row.sent_at = row.updated_at = now
+            row.last_error = ""
+            add_event(session, "send.stored", study_uid=row.study_uid, job_id=row.job_id, series_uid=row.series_uid,
+                      sop_instance_uid=row.sop_instance_uid,
+                      detail={"destination": row.destination, "ae_title": row.destination_ae,
+                              "attempt": row.attempts, **(detail or {})})
+        self._discard_unreferenced([str(entry.file_path)])
+        return True
+
+    def record_failure(self, entry: OutboxEntry, error: str) -> OutboxState | None:
+        """An attempt failed: back to `pending` after the backoff, or `dead` after `send.max_attempts` attempts.
+        Returns the new state (None if the row changed meanwhile)."""
+        now = self._clock()
+        with self.database.write_session() as session:
+            row = _claimed(session, entry)
+            if row is None:
+                return None
+            row.last_error = error
+            row.updated_at = now
+            detail: dict[str, Any] = {"destination": row.destination, "ae_title": row.destination_ae,
+                                      "attempt": row.attempts, "max_attempts": self.settings.max_attempts,
+                                      "error": error}
+            if row.attempts >= self.settings.max_attempts:
+                row.state = OutboxState.DEAD
+                kind = "send.dead"
+            else:
+                row.state = OutboxState.PENDING
+                row.next_attempt_at = now + backoff_delay(row.attempts, self.settings.backoff_initial_seconds,
+                                                          self.settings.backoff_max_seconds)
+                detail["next_attempt_at"] = row.next_attempt_at.isoformat()
+                kind = "send.failed"
+            add_event(session, kind, study_uid=row.study_uid, job_id=row.job_id, series_uid=row.series_uid,
+                      sop_instance_uid=row.sop_instance_uid, detail=detail)
+            return OutboxState(row.state)
+
+    def release_interrupted(self) -> int:
+        """Rows left `sending` by a stopped or crashed node go back to `pending` (run once at start-up)."""
+        now = self._clock()
+        with self.database.write_session() as session:
+            rows = session.scalars(select(OutboxItem).where(OutboxItem.state == OutboxState.SENDING)).all()
+            for row in rows:
+                row.state = OutboxState.PENDING
+                row.next_attempt_at = row.updated_at = now
+                add_event(session, "send.interrupted", study_uid=row.study_uid, job_id=row.job_id,
+                          series_uid=row.series_uid, sop_instance_uid=row.sop_instance_uid,
+                          detail={"destination": row.destination, "attempt": row.attempts,
+                                  "note": "the node stopped during this attempt; it will be sent again"})
+            return len(rows)
+
+    # -- operators -----------------------------------------------------------------------------------------
+
+    def retry_dead(self, *, ids: Iterable[int] = (), study_uid: str | None = None) -> int:
+        """Re-arm dead letters (all of them, or those with `ids`, or of one study) with a fresh attempt budget."""
+        now = self._clock()
+        query = select(OutboxItem).where(OutboxItem.state == OutboxState.DEAD)
+        id_list = list(ids)
+        if id_list:
+            query = query.where(OutboxItem.id.in_(id_list))
+        if study_uid:
+            query = query.where(OutboxItem.study_uid == study_uid)
+        with self.database.write_session() as session:
+            rows = session.scalars(query).all()
+            for row in rows:
+                add_event(session, "send.retry", study_uid=row.study_uid, job_id=row.job_id,
+                          series_uid=row.series_uid, sop_instance_uid=row.sop_instance_uid,
+                          detail={"destination": row.destination, "previous_attempts": row.attempts,
+                                  "previous_error": row.last_error})
+                row.state = OutboxState.PENDING
+                row.attempts = 0
+                row.next_attempt_at = row.updated_at = now
+            return len(rows)
+
+    def counts(self) -> dict[str, int]:
+        """Rows per state, every state present (for `dicom-ai status`)."""
+        with self.database.session() as session:
+            found = dict(session.execute(
+                select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).tuples().all())
+        return {str(state): int(found.get(state, 0)) for state in OutboxState}
+
+    def entries(self, *, study_uid: str | None = None, states: Iterable[OutboxState] = (),
+                limit: int | None = None) -> list[OutboxEntry]:
+        query = select(OutboxItem).order_by(OutboxItem.id)
+        if study_uid:
+            query = query.where(OutboxItem.study_uid == study_uid)
+        state_list = [str(state) for state in states]
+        if state_list:
+            query = query.where(OutboxItem.state.in_(state_list))
+        if limit is not None:
+            query = query.limit(limit)
+        with self.database.session() as session:
+            return [OutboxEntry.of(row) for row in session.scalars(query).all()]
+
+    def next_due_at(self) -> datetime | None:
+        """When the earliest pending row becomes due (None when nothing is pending)."""
+        with self.database.session() as session:
+            return session.scalar(select(func.min(OutboxItem.next_attempt_at))
+                                  .where(OutboxItem.state == OutboxState.PENDING))
+
+    # -- files ---------------------------------------------------------------------------------------------
+
+    def _discard_unreferenced(self, paths: Iterable[str]) -> None:
+        """Delete outbox files that no undelivered row refers to any more (sent everywhere, or superseded)."""
+        unique = sorted(set(paths))
+        if not unique:
+            return
+        with self.database.session() as session:
+            still_needed = set(session.scalars(
+                select(OutboxItem.file_path).where(OutboxItem.file_path.in_(unique),
+                                                   OutboxItem.state != OutboxState.SENT)).all())
+        for path in unique:
+            if path not in still_needed:
+                Path(path).unlink(missing_ok=True)
+
+
+def _upsert(session: Session, item: OutboxFile, destination: str, destination_ae: str, job_id: int | None,
+            now: datetime, replaced: list[str]) -> OutboxItem:
+    row = session.scalar(select(OutboxItem).where(OutboxItem.sop_instance_uid == item.sop_instance_uid,
+                                                  OutboxItem.destination == destination))
+    if row is None:
+        row = OutboxItem(sop_instance_uid=item.sop_instance_uid, destination=destination, created_at=now)
+        session.add(row)
+    else:
+        replaced.append(row.file_path)
+    row.study_uid = item.study_uid
+    row.series_uid = item.series_uid
+    row.sop_class_uid = item.sop_class_uid
+    row.transfer_syntax = item.transfer_syntax
+    row.file_path = str(item.path)
+    row.destination_ae = destination_ae
+    row.state = OutboxState.PENDING
+    row.attempts = 0
+    row.next_attempt_at = row.updated_at = now
+    row.sent_at = None
+    row.job_id = job_id
+    row.last_error = ""
+    return row
+
+
+def _claimed(session: Session, entry: OutboxEntry) -> OutboxItem | None:
+    """The row of `entry` if it is still the attempt the dispatcher claimed (not re-queued since)."""
+    row = session.get(OutboxItem, entry.id)
+    if row is None or row.state != OutboxState.SENDING or row.attempts != entry.attempts \
+            or row.file_path != str(entry.file_path):
+        return None
+    return row
