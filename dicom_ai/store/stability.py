@@ -7,7 +7,11 @@ the quiet period is the standard rule; a late instance re-opens the study (see `
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -15,6 +19,11 @@ from sqlalchemy.orm import Session
 from dicom_ai.store.database import set_study_state
 from dicom_ai.store.models import Series, Study
 from dicom_ai.store.records import StudyState
+
+if TYPE_CHECKING:
+    from dicom_ai.store.queue import JobQueue
+
+log = logging.getLogger(__name__)
 
 
 def mark_quiet_studies_stable(session: Session, now: datetime, quiet_period: timedelta) -> list[Study]:
@@ -33,3 +42,41 @@ def mark_stable(session: Session, study: Study, reason: str) -> None:
     set_study_state(session, study, StudyState.STABLE, reason=reason)
     session.execute(update(Series).where(Series.study_id == study.id, Series.state == StudyState.RECEIVING)
                     .values(state=StudyState.STABLE))
+
+
+class StabilityMonitor:
+    """A thread that, every `queue.poll_seconds`, reclaims expired leases and turns quiet studies into jobs.
+
+    `on_tick` runs on the same thread after each round (the node uses it to show it is alive in `node_runs`).
+    """
+
+    def __init__(self, queue: JobQueue, on_tick: Callable[[], None] | None = None) -> None:
+        self.queue = queue
+        self.on_tick = on_tick
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stability-monitor", daemon=True)
+
+    def start(self) -> None:
+        self.run_once()  # jobs orphaned by a previous crash are due as soon as their lease ran out
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def run_once(self) -> None:
+        reclaimed = self.queue.reclaim_expired()
+        if reclaimed:
+            log.warning("re-queued job(s) %s whose worker stopped heartbeating", reclaimed)
+        for job_id in self.queue.enqueue_stable_studies():
+            log.info("study stable: queued job %d", job_id)
+        if self.on_tick is not None:
+            self.on_tick()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.queue.settings.poll_seconds):
+            try:
+                self.run_once()
+            except Exception:  # a locked or briefly unreachable database must not end the monitor
+                log.exception("stability monitor: round failed; trying again")

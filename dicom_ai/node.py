@@ -1,0 +1,93 @@
+"""The running node: listener + stability monitor + worker over one audit database, as `dicom-ai serve` runs it.
+
+Start-up checks every setting that can only be checked against the machine (writable spool, database reachable,
+handler importable, port free) and raises `ConfigError` naming the key. Stop order: the listener first (no new
+data; in-flight associations finish or are aborted), then the worker (running jobs get `stop_timeout` seconds,
+then their leases are released so they run again), then the monitor.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from dicom_ai.config import ConfigError, Settings, check_writable_dir
+from dicom_ai.store.database import Database, DatabaseError, open_database
+from dicom_ai.store.node_runs import heartbeat_node_run, start_node_run, stop_node_run
+from dicom_ai.store.queue import JobQueue
+from dicom_ai.store.stability import StabilityMonitor
+from dicom_ai.worker import StudyHandler, Worker, build_study_handler, models_status
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """One DICOM node. `start()` returns once it listens; `stop()` is idempotent."""
+
+    def __init__(self, settings: Settings, handler: StudyHandler | None = None, stop_timeout: float = 10.0) -> None:
+        self.settings = settings
+        self._handler = handler
+        self._stop_timeout = stop_timeout
+        self.database: Database | None = None
+        self.listener: Any = None
+        self.worker: Worker | None = None
+        self.monitor: StabilityMonitor | None = None
+        self._run_id: int | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        settings = self.settings
+        check_writable_dir(settings.storage.data_dir, "storage.data_dir")
+        check_writable_dir(settings.storage.spool_dir, "storage.data_dir")
+        try:
+            self.database = open_database(settings.storage)
+        except DatabaseError as exc:
+            raise ConfigError(f"storage.database_url: {exc}") from None
+        handler = self._handler or build_study_handler(settings, self.database)
+        queue = JobQueue(self.database, settings.queue)
+
+        self.listener = _build_listener(settings, self.database)
+        try:
+            bind, port = self.listener.start()
+        except OSError as exc:
+            raise ConfigError(f"node.port: cannot listen on {settings.node.bind}:{settings.node.port} "
+                              f"({exc.strerror or exc}); choose another node.port / node.bind") from None
+        self._run_id = start_node_run(self.database, settings.node.ae_title, bind, port, settings.tls.enabled)
+        log.info("listening as %s on %s:%d%s; data in %s", settings.node.ae_title, bind, port,
+                 " (DICOM TLS)" if settings.tls.enabled else "", settings.storage.data_dir)
+
+        run_id, database = self._run_id, self.database
+        self.monitor = StabilityMonitor(queue, on_tick=lambda: heartbeat_node_run(database, run_id))
+        self.monitor.start()
+        self.worker = Worker(queue, handler, threads=settings.queue.workers, stop_timeout=self._stop_timeout)
+        self.worker.start()
+        models = models_status(settings)
+        log.info("%d worker thread(s); studies are queued after %g s without a new instance; models: %s",
+                 settings.queue.workers, settings.queue.stable_after_seconds, models.get("detail", models))
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("stopping: closing the listener")
+        if self.listener is not None:
+            self.listener.stop()
+        if self.worker is not None:
+            log.info("stopping: waiting up to %g s for running jobs", self._stop_timeout)
+            self.worker.stop()
+        if self.monitor is not None:
+            self.monitor.stop()
+        if self.database is not None:
+            if self._run_id is not None:
+                stop_node_run(self.database, self._run_id)
+            self.database.close()
+        log.info("stopped")
+
+
+def _build_listener(settings: Settings, database: Database) -> Any:
+    """The receive stage's listener (pynetdicom SCP) on this node's database and spool."""
+    from dicom_ai.receive import Listener  # the receive stage; imported here so `status` stays light
+    from dicom_ai.store.spool import Spool
+
+    return Listener(settings, database, Spool(settings.storage.spool_dir))
