@@ -139,3 +139,20 @@ def test_concurrent_writers_never_lose_or_duplicate(database: Database, instance
     with database.session() as session:
         assert session.scalar(select(Study.instance_count)) == 60
         assert sorted(s.instance_count for s in session.scalars(select(Series))) == [20, 20, 20]
+
+
+def test_migrations_render_for_postgresql(tmp_path: Path) -> None:
+    """The same migrations produce PostgreSQL DDL (offline mode: no server needed, no SQLite-only SQL)."""
+    import io
+
+    from alembic import command
+
+    config = Config(stdout=io.StringIO())
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["url"] = "postgresql://node@localhost/dicom_ai"
+    buffer = io.StringIO()
+    config.output_buffer = buffer
+    command.upgrade(config, "heads", sql=True)
+    ddl = buffer.getvalue()
+    assert "CREATE TABLE jobs" in ddl and "TIMESTAMP WITH TIME ZONE" in ddl
+    assert "PRAGMA" not in ddl

@@ -39,16 +39,20 @@ def _configure_and_run(connection) -> None:  # type: ignore[no-untyped-def]
         context.run_migrations()
 
 
+def _url() -> str:
+    """A URL handed over in code, else $DICOM_AI_DATABASE_URL, else alembic.ini's."""
+    return str(config.attributes.get("url") or os.environ.get("DICOM_AI_DATABASE_URL")
+               or config.get_main_option("sqlalchemy.url"))
+
+
 connection = config.attributes.get("connection")
 if connection is not None:
     _configure_and_run(connection)
 elif context.is_offline_mode():
-    context.configure(url=os.environ.get("DICOM_AI_DATABASE_URL", config.get_main_option("sqlalchemy.url")),
-                      target_metadata=target_metadata, literal_binds=True)
+    context.configure(url=_url(), target_metadata=target_metadata, literal_binds=True)
     with context.begin_transaction():
         context.run_migrations()
 else:
-    url = os.environ.get("DICOM_AI_DATABASE_URL") or config.get_main_option("sqlalchemy.url")
-    engine = create_engine(url)
+    engine = create_engine(_url())
     with engine.connect() as conn:
         _configure_and_run(conn)
