@@ -214,6 +214,14 @@ class Worker:
         try:
             self.handler(job)
         except Exception as exc:
+            if self._stopping.is_set():
+                # Interrupted by the node stopping (the handler saw `stop_requested`): not the study's fault.
+                try:
+                    self.queue.release(job.job_id, worker_id)
+                    log.warning("job %d: interrupted by stop (%s); released so it runs again", job.job_id, exc)
+                except LeaseLost:
+                    pass
+                return
             error = "".join(traceback.format_exception_only(exc)).strip()
             trace = "".join(traceback.format_exception(exc)[-6:])
             try:

@@ -149,7 +149,7 @@ def test_stop_releases_a_running_job_so_it_runs_again(database: Database) -> Non
     never.set()
 
 
-def test_stop_lets_a_cooperative_handler_finish_its_attempt(database: Database) -> None:
+def test_stop_interrupts_a_cooperative_handler_without_counting_an_attempt(database: Database) -> None:
     queue = fast_queue(database)
     job_id = queued_study(database, queue)
     started = threading.Event()
@@ -164,8 +164,8 @@ def test_stop_lets_a_cooperative_handler_finish_its_attempt(database: Database) 
     worker.start()
     assert started.wait(5)
     worker.stop(timeout=5)
-    state, attempts, error = job_state(database, job_id)
-    assert state == JobState.QUEUED and "interrupted by stop" in error
+    assert job_state(database, job_id)[:2] == (JobState.QUEUED, 0)  # released, the attempt is not counted
+    assert events(database, "job.released") and not events(database, "job.attempt_failed")
 
 
 def test_default_handler_fails_visibly_without_a_pipeline(database: Database, tmp_path: Path) -> None:
