@@ -6,10 +6,13 @@ Time is a controllable clock so lease expiry and quiet periods are exact; the da
 from __future__ import annotations
 
 import json
+import multiprocessing
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -323,3 +326,38 @@ def test_release_hands_the_job_back_without_counting_the_attempt(database: Datab
     assert study_state(database) == StudyState.QUEUED
     claim = queue.claim("w2")
     assert claim is not None and claim.attempt == 1
+
+
+def _drain_in_process(url: str, name: str, results: Any) -> None:
+    database = Database(url)
+    queue = JobQueue(database, QueueSettings(lease_seconds=30, heartbeat_seconds=10, poll_seconds=0.05))
+    claimed = []
+    while (claim := queue.claim(name)) is not None:
+        claimed.append(claim.job_id)
+        queue.complete(claim.job_id, name)
+    results.put((name, claimed))
+    database.close()
+
+
+def test_worker_processes_share_the_queue_without_double_claims(tmp_path: Path,
+                                                               instance_factory: Factory) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    database = Database(url)
+    producer = JobQueue(database, QueueSettings(stable_after_seconds=0.01))
+    for n in range(40):
+        database.record_instance(None, instance_factory(study=f"1.2.4.{n}"))
+    time.sleep(0.02)
+    assert len(producer.enqueue_stable_studies()) == 40
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=_drain_in_process, args=(url, f"proc{i}", results)) for i in range(3)]
+    for process in processes:
+        process.start()
+    outcome = dict(results.get(timeout=60) for _ in processes)
+    for process in processes:
+        process.join(10)
+    every = [job for jobs in outcome.values() for job in jobs]
+    assert sorted(every) == sorted(set(every)) and len(every) == 40
+    with database.session() as session:
+        assert set(session.scalars(select(Job.state))) == {JobState.DONE}
+    database.close()
