@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import socket
 import ssl
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,19 +77,20 @@ def client_tls_context(tls: TlsSettings, destination: Destination) -> ssl.SSLCon
     return context
 
 
-def _no_delay(event: Event) -> None:
+def _on_connected(event: Event, connected: threading.Event) -> None:
     raw = event.assoc.dul.socket.socket if event.assoc.dul.socket is not None else None
     if raw is not None:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    connected.set()
 
 
-def _association_failure(association: Association, destination: Destination) -> str:
+def _association_failure(association: Association, destination: Destination, connected: bool) -> str:
     where = f"{destination.node.ae_title}@{destination.node.host}:{destination.node.port}"
+    if not connected:
+        return f"cannot connect to {where} (node down, wrong host/port, or connect timeout)"
     if association.is_rejected:
-        return f"association rejected by {where}"
-    if association.is_aborted:
-        return f"association aborted by {where} (or its TLS handshake failed)"
-    return f"cannot connect to {where} (node down, wrong host/port, or timeout)"
+        return f"association rejected by {where} (does it know our AE title?)"
+    return f"association with {where} aborted (by the peer, a TLS handshake failure or a timeout)"
 
 
 def _chunks(items: Sequence[StoreItem]) -> list[list[StoreItem]]:
@@ -122,30 +125,32 @@ def _store_chunk(calling_ae: str, destination: Destination, items: Sequence[Stor
     pairs = sorted({(item.sop_class_uid, item.transfer_syntax) for item in items})
     contexts = [build_context(sop_class, [transfer_syntax]) for sop_class, transfer_syntax in pairs]
     node = destination.node
+    connected = threading.Event()
     association = ae.associate(node.host, node.port, contexts=contexts, ae_title=node.ae_title, max_pdu=max_pdu,
                                tls_args=(tls_context, None) if tls_context is not None else None,
-                               evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)])
+                               evt_handlers=[(evt.EVT_CONN_OPEN, _on_connected, [connected])])
     if not association.is_established:
-        reason = _association_failure(association, destination)
+        reason = _association_failure(association, destination, connected.is_set())
         return [StoreOutcome(item.sop_instance_uid, False, None, reason) for item in items]
     outcomes: list[StoreOutcome] = []
     try:
         for item in items:
             if not association.is_established:
                 outcomes.append(StoreOutcome(item.sop_instance_uid, False, None,
-                                             _association_failure(association, destination)))
+                                             _association_failure(association, destination, True)))
                 continue
-            outcomes.append(_store_one(association, item))
+            outcomes.append(_store_one(association, item, timeout))
     finally:
         if association.is_established:
             association.release()
     return outcomes
 
 
-def _store_one(association: Association, item: StoreItem) -> StoreOutcome:
+def _store_one(association: Association, item: StoreItem, timeout: float) -> StoreOutcome:
     uid = item.sop_instance_uid
     if not Path(item.file_path).is_file():
         return StoreOutcome(uid, False, None, f"outbox file {item.file_path} is missing")
+    started = time.monotonic()
     try:
         response = association.send_c_store(Path(item.file_path))
     except ValueError as exc:  # no accepted presentation context for this SOP class / transfer syntax
@@ -154,7 +159,13 @@ def _store_one(association: Association, item: StoreItem) -> StoreOutcome:
     except (OSError, AttributeError) as exc:
         return StoreOutcome(uid, False, None, f"cannot read {item.file_path}: {exc}")
     if "Status" not in response:
-        return StoreOutcome(uid, False, None, "no C-STORE response (association aborted or DIMSE timeout)")
+        # pynetdicom aborts on a DIMSE timeout too, so only the elapsed time tells the two cases apart.
+        if time.monotonic() - started >= 0.9 * timeout:
+            reason = f"no C-STORE response within send.timeout_seconds ({timeout:g} s)"
+        else:
+            reason = "the destination aborted the association instead of answering (it refuses our AE title or " \
+                     "this object)"
+        return StoreOutcome(uid, False, None, reason)
     status = int(response.Status)
     category = code_to_category(status)
     if category in ("Success", "Warning"):
