@@ -20,7 +20,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, select, update
+from sqlalchemy import Engine, Integer, String, bindparam, case, create_engine, event, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -277,74 +277,119 @@ def set_study_state(session: Session, study: Study, state: StudyState, reason: s
     add_event(session, "study.state", study_uid=study.study_uid, job_id=job_id, detail=detail)
 
 
+_STUDIES, _SERIES, _INSTANCES = Study.__table__, Series.__table__, Instance.__table__
+
+# The per-instance statements, built once: building and cache-keying a statement per call costs more than
+# running it. Parameters are named p_* so they never clash with column names.
+_SELECT_STUDY = select(_STUDIES.c.id, _STUDIES.c.state).where(_STUDIES.c.study_uid == bindparam("p_uid"))
+_SELECT_SERIES = select(_SERIES.c.id, _SERIES.c.study_id).where(_SERIES.c.series_uid == bindparam("p_uid"))
+_SELECT_INSTANCE = select(
+    _INSTANCES.c.id, _INSTANCES.c.series_id, _INSTANCES.c.study_id, _INSTANCES.c.spool_path,
+    _INSTANCES.c.size_bytes, _INSTANCES.c.received_at, _INSTANCES.c.association_id,
+).where(_INSTANCES.c.sop_instance_uid == bindparam("p_uid"))
+_INSERT_INSTANCE = insert(_INSTANCES)
+_COUNT_SERIES = update(_SERIES).where(_SERIES.c.id == bindparam("p_id")).values(
+    instance_count=_SERIES.c.instance_count + bindparam("p_delta", type_=Integer))
+_COUNT_STUDY = update(_STUDIES).where(_STUDIES.c.id == bindparam("p_id")).values(
+    instance_count=_STUDIES.c.instance_count + bindparam("p_delta", type_=Integer))
+_TOUCH_SERIES = update(_SERIES).where(_SERIES.c.id == bindparam("p_id")).values(
+    instance_count=_SERIES.c.instance_count + bindparam("p_delta", type_=Integer),
+    last_received_at=bindparam("p_now"), state=StudyState.RECEIVING)
+
+
+def _fill_if_empty(column: Any, parameter: str) -> Any:
+    return case((column == "", bindparam(parameter, type_=String)), else_=column)
+
+
+_TOUCH_STUDY = update(_STUDIES).where(_STUDIES.c.id == bindparam("p_id")).values(
+    instance_count=_STUDIES.c.instance_count + bindparam("p_delta", type_=Integer),
+    last_received_at=bindparam("p_now"),
+    calling_ae=case((bindparam("p_calling_ae", type_=String) == "", _STUDIES.c.calling_ae),
+                    else_=bindparam("p_calling_ae", type_=String)),
+    patient_id=_fill_if_empty(_STUDIES.c.patient_id, "p_patient_id"),
+    patient_name=_fill_if_empty(_STUDIES.c.patient_name, "p_patient_name"),
+    study_date=_fill_if_empty(_STUDIES.c.study_date, "p_study_date"),
+)
+
+
 def _record_instance(session: Session, association_id: int | None,
                      meta: ReceivedInstance) -> Literal["new", "replaced"]:
+    # Runs once per received instance on the association's thread, so the common path (known study and series,
+    # new instance) is six prepared Core statements; the rare paths use the ORM.
     now = utcnow()
-    study = session.scalar(select(Study).where(Study.study_uid == meta.study_uid))
-    if study is None:
-        study = Study(study_uid=meta.study_uid, patient_id=meta.patient_id, patient_name=meta.patient_name,
-                      study_date=meta.study_date, calling_ae=meta.calling_ae, state=StudyState.RECEIVING,
-                      state_changed_at=now, first_received_at=now, last_received_at=now, instance_count=0)
-        session.add(study)
-        session.flush()
-        add_event(session, "study.created", study_uid=study.study_uid,
+    db = session.connection()
+    study_row = db.execute(_SELECT_STUDY, {"p_uid": meta.study_uid}).first()
+    if study_row is None:
+        study_id = db.execute(insert(_STUDIES).values(
+            study_uid=meta.study_uid, patient_id=meta.patient_id, patient_name=meta.patient_name,
+            study_date=meta.study_date, calling_ae=meta.calling_ae, state=StudyState.RECEIVING,
+            state_changed_at=now, first_received_at=now, last_received_at=now, instance_count=0,
+        )).inserted_primary_key[0]
+        study_state = StudyState.RECEIVING
+        add_event(session, "study.created", study_uid=meta.study_uid,
                   detail={"calling_ae": meta.calling_ae, "association_id": association_id})
     else:
-        study.patient_id = study.patient_id or meta.patient_id
-        study.patient_name = study.patient_name or meta.patient_name
-        study.study_date = study.study_date or meta.study_date
+        study_id, study_state = study_row
 
-    series = session.scalar(select(Series).where(Series.series_uid == meta.series_uid))
-    if series is None:
-        series = Series(series_uid=meta.series_uid, study_id=study.id, modality=meta.modality,
-                        series_number=meta.series_number, series_description=meta.series_description,
-                        state=StudyState.RECEIVING, first_received_at=now, last_received_at=now, instance_count=0)
-        session.add(series)
-        session.flush()
-    elif series.study_id != study.id:
-        add_event(session, "series.study_mismatch", study_uid=meta.study_uid, series_uid=meta.series_uid,
-                  sop_instance_uid=meta.sop_instance_uid,
-                  detail="this Series Instance UID was first received in another study; kept in the first")
+    series_row = db.execute(_SELECT_SERIES, {"p_uid": meta.series_uid}).first()
+    if series_row is None:
+        series_id = db.execute(insert(_SERIES).values(
+            series_uid=meta.series_uid, study_id=study_id, modality=meta.modality,
+            series_number=meta.series_number, series_description=meta.series_description,
+            state=StudyState.RECEIVING, first_received_at=now, last_received_at=now, instance_count=0,
+        )).inserted_primary_key[0]
+        series_study_id = study_id
+    else:
+        series_id, series_study_id = series_row
+        if series_study_id != study_id:
+            add_event(session, "series.study_mismatch", study_uid=meta.study_uid, series_uid=meta.series_uid,
+                      sop_instance_uid=meta.sop_instance_uid,
+                      detail="this Series Instance UID was first received in another study; kept in the first")
 
-    instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == meta.sop_instance_uid))
+    values = dict(
+        series_id=series_id, study_id=series_study_id, association_id=association_id,
+        sop_class_uid=meta.sop_class_uid, transfer_syntax=meta.transfer_syntax, modality=meta.modality,
+        instance_number=meta.instance_number, size_bytes=meta.size_bytes, spool_path=meta.spool_path,
+        received_at=now, calling_ae=meta.calling_ae, produced_by_us=meta.produced_by_us,
+    )
+    previous = db.execute(_SELECT_INSTANCE, {"p_uid": meta.sop_instance_uid}).first()
     outcome: Literal["new", "replaced"]
-    if instance is None:
+    delta = 0
+    if previous is None:
         outcome = "new"
-        instance = Instance(sop_instance_uid=meta.sop_instance_uid)
-        session.add(instance)
-        series.instance_count += 1
-        study.instance_count += 1
+        delta = 1
+        db.execute(_INSERT_INSTANCE, {"sop_instance_uid": meta.sop_instance_uid, **values})
     else:
         outcome = "replaced"
         add_event(session, "instance.replaced", study_uid=meta.study_uid, series_uid=meta.series_uid,
                   sop_instance_uid=meta.sop_instance_uid, association_id=association_id,
-                  detail={"previous_spool_path": instance.spool_path, "previous_size_bytes": instance.size_bytes,
-                          "previous_received_at": instance.received_at.isoformat(),
-                          "previous_association_id": instance.association_id})
-    instance.series_id = series.id
-    instance.study_id = series.study_id
-    instance.association_id = association_id
-    instance.sop_class_uid = meta.sop_class_uid
-    instance.transfer_syntax = meta.transfer_syntax
-    instance.modality = meta.modality
-    instance.instance_number = meta.instance_number
-    instance.size_bytes = meta.size_bytes
-    instance.spool_path = meta.spool_path
-    instance.received_at = now
-    instance.calling_ae = meta.calling_ae
-    instance.produced_by_us = meta.produced_by_us
+                  detail={"previous_spool_path": previous.spool_path, "previous_size_bytes": previous.size_bytes,
+                          "previous_received_at": previous.received_at.isoformat(),
+                          "previous_association_id": previous.association_id})
+        db.execute(update(_INSTANCES).where(_INSTANCES.c.id == previous.id).values(**values))
+        if previous.series_id != series_id:
+            delta = 1
+            db.execute(_COUNT_SERIES, {"p_id": previous.series_id, "p_delta": -1})
+            db.execute(_COUNT_STUDY, {"p_id": previous.study_id, "p_delta": -1})
 
-    if not meta.produced_by_us:
+    if meta.produced_by_us:
         # Our own results coming back must never restart the quiet period or re-open the study (no loops).
-        study.last_received_at = now
-        study.calling_ae = meta.calling_ae or study.calling_ae
-        series.last_received_at = now
-        series.state = StudyState.RECEIVING
-        if study.state != StudyState.RECEIVING:
-            previous = study.state
-            set_study_state(session, study, StudyState.RECEIVING, reason="new instance received")
-            if previous == StudyState.QUEUED:
-                _cancel_queued_jobs(session, study)
+        if delta:
+            db.execute(_COUNT_SERIES, {"p_id": series_id, "p_delta": delta})
+            db.execute(_COUNT_STUDY, {"p_id": series_study_id, "p_delta": delta})
+        return outcome
+    db.execute(_TOUCH_SERIES, {"p_id": series_id, "p_delta": delta, "p_now": now})
+    if series_study_id != study_id and delta:
+        db.execute(_COUNT_STUDY, {"p_id": series_study_id, "p_delta": delta})
+        delta = 0
+    db.execute(_TOUCH_STUDY, {"p_id": study_id, "p_delta": delta, "p_now": now, "p_calling_ae": meta.calling_ae,
+                              "p_patient_id": meta.patient_id, "p_patient_name": meta.patient_name,
+                              "p_study_date": meta.study_date})
+    if study_state != StudyState.RECEIVING:
+        study = session.get_one(Study, study_id)
+        set_study_state(session, study, StudyState.RECEIVING, reason="new instance received")
+        if study_state == StudyState.QUEUED:
+            _cancel_queued_jobs(session, study)
     return outcome
 
 

@@ -156,3 +156,14 @@ def test_migrations_render_for_postgresql(tmp_path: Path) -> None:
     ddl = buffer.getvalue()
     assert "CREATE TABLE jobs" in ddl and "TIMESTAMP WITH TIME ZONE" in ddl
     assert "PRAGMA" not in ddl
+
+
+def test_counts_follow_instances_across_series_and_own_outputs(database: Database,
+                                                                instance_factory: Factory) -> None:
+    database.record_instance(None, instance_factory(study="1.2.3", series="1.2.3.1", sop="1.2.3.1.1"))
+    database.record_instance(None, instance_factory(study="1.2.3", series="1.2.3.2", sop="1.2.3.1.1"))
+    database.record_instance(None, instance_factory(study="1.2.3", series="1.2.3.3", produced_by_us=True))
+    with database.session() as session:
+        counts = {s.series_uid: s.instance_count for s in session.scalars(select(Series))}
+        assert counts == {"1.2.3.1": 0, "1.2.3.2": 1, "1.2.3.3": 1}
+        assert session.scalar(select(Study.instance_count)) == 2
