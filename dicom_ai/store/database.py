@@ -158,24 +158,14 @@ class Database:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session for reading (or simple writes): committed on success, rolled back on error."""
-        with self._sessions() as session:
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+        with _transaction(self._sessions) as session:
+            yield session
 
     @contextmanager
     def write_session(self) -> Iterator[Session]:
         """A session for read-then-write logic: on SQLite the write lock is taken at BEGIN."""
-        with self._write_sessions() as session:
-            try:
-                yield session
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
+        with _transaction(self._write_sessions) as session:
+            yield session
 
     # -- recording API (the listener) ----------------------------------------------------------------------
 
@@ -215,7 +205,7 @@ class Database:
             if row is None:
                 return None
             instance, series_uid, study_uid = row
-            return _instance_info(instance, series_uid, study_uid)
+            return instance_info(instance, series_uid, study_uid)
 
     def record_instance(self, association_id: int | None, meta: ReceivedInstance) -> Literal["new", "replaced"]:
         """Record an instance that is safely in the spool; update its series and study (see `StudyState`).
@@ -247,7 +237,18 @@ class Database:
                               detail=_detail_text(detail)))
 
 
-def _instance_info(instance: Instance, series_uid: str, study_uid: str) -> InstanceInfo:
+@contextmanager
+def _transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
+    with factory() as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def instance_info(instance: Instance, series_uid: str, study_uid: str) -> InstanceInfo:
     return InstanceInfo(
         id=instance.id, sop_instance_uid=instance.sop_instance_uid, series_uid=series_uid, study_uid=study_uid,
         sop_class_uid=instance.sop_class_uid, transfer_syntax=instance.transfer_syntax, modality=instance.modality,

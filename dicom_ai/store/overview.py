@@ -13,9 +13,9 @@ from typing import Any
 
 from sqlalchemy import func, or_, select
 
-from dicom_ai.store.database import Database
+from dicom_ai.store.database import Database, instance_info
 from dicom_ai.store.models import Association, Event, Instance, Job, NodeRun, Series, Study, utcnow
-from dicom_ai.store.records import JobState, StudyState
+from dicom_ai.store.records import InstanceInfo, JobState, StudyState
 
 
 @dataclass(frozen=True)
@@ -104,22 +104,6 @@ class SeriesRecord:
 
 
 @dataclass(frozen=True)
-class InstanceRecord:
-    sop_instance_uid: str
-    series_uid: str
-    sop_class_uid: str
-    modality: str
-    transfer_syntax: str
-    instance_number: int | None
-    size_bytes: int
-    spool_path: str
-    received_at: datetime
-    association_id: int | None
-    calling_ae: str
-    produced_by_us: bool
-
-
-@dataclass(frozen=True)
 class EventRecord:
     id: int
     at: datetime
@@ -139,7 +123,7 @@ class StudyTrail:
     study: StudySummary
     series: list[SeriesRecord]
     associations: list[AssociationRecord]
-    instances: list[InstanceRecord]
+    instances: list[InstanceInfo]
     jobs: list[JobSummary]
     events: list[EventRecord]
 
@@ -196,11 +180,8 @@ def study_trail(database: Database, study_uid: str) -> StudyTrail:
             series=[SeriesRecord(s.series_uid, s.modality, s.series_number, s.series_description, s.state,
                                  s.instance_count) for s in series_rows.values()],
             associations=[_association(a) for a in associations],
-            instances=[InstanceRecord(i.sop_instance_uid, series_rows[i.series_id].series_uid
-                                      if i.series_id in series_rows else "", i.sop_class_uid, i.modality,
-                                      i.transfer_syntax, i.instance_number, i.size_bytes, i.spool_path,
-                                      i.received_at, i.association_id, i.calling_ae, i.produced_by_us)
-                       for i in instances],
+            instances=[instance_info(i, series_rows[i.series_id].series_uid if i.series_id in series_rows else "",
+                                      study_uid) for i in instances],
             jobs=[_job(job) for job in study.jobs],
             events=[_event(e) for e in events],
         )

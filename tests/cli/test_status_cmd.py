@@ -54,8 +54,9 @@ def test_status_json_schema(data_dir: Path) -> None:
     code, out = invoke("status", "--data-dir", str(data_dir), "--json")
     assert code == 0, out
     status = json.loads(out)
-    assert list(status) == ["configured_listener", "listener", "schema_version", "queue_depth", "jobs_by_state",
-                            "studies_by_state", "running_jobs", "failed_jobs", "recent_studies", "models"]
+    assert list(status)[:10] == ["configured_listener", "listener", "schema_version", "queue_depth",
+                                 "jobs_by_state", "studies_by_state", "running_jobs", "failed_jobs",
+                                 "recent_studies", "models"]  # later stages append their own sections
     assert status["listener"]["running"] is False and status["listener"]["stopped_at"].endswith("+00:00")
     assert status["queue_depth"] == 0
     assert status["jobs_by_state"] == {"queued": 0, "running": 0, "done": 0, "failed": 1, "cancelled": 0}
