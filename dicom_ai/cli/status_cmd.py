@@ -15,6 +15,7 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from dicom_ai.cli.app import ConfigOption, DataDirOption, JsonOption, app, settings_or_exit
+from dicom_ai.cli.outbox_view import outbox_overview, outbox_overview_json, print_outbox_overview, retry_dead_letters
 from dicom_ai.config import Settings
 from dicom_ai.store.database import Database, DatabaseError, open_database
 from dicom_ai.store.overview import (
@@ -34,7 +35,7 @@ study_app = typer.Typer(help="Act on one study.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 
 STATUS_JSON_KEYS = ("configured_listener", "listener", "schema_version", "queue_depth", "jobs_by_state",
-                    "studies_by_state", "running_jobs", "failed_jobs", "recent_studies", "models")
+                    "studies_by_state", "running_jobs", "failed_jobs", "recent_studies", "models", "outbox")
 INSTANCE_ROWS_SHOWN = 20
 
 
@@ -73,16 +74,19 @@ def status(config: ConfigOption = None, data_dir: DataDirOption = None, as_json:
     settings, database = _open(config, data_dir)
     try:
         snapshot = node_status(database, recent=recent)
+        outbox = outbox_overview(settings, database)  # the send stage's deliveries (pending / dead letters)
     finally:
         database.close()
     configured = {"ae_title": settings.node.ae_title, "bind": settings.node.bind, "port": settings.node.port,
                   "tls": settings.tls.enabled}
     models = models_status(settings)
     if as_json:
-        payload = {"configured_listener": configured, **to_jsonable(snapshot), "models": models}
+        payload = {"configured_listener": configured, **to_jsonable(snapshot), "models": models,
+                   "outbox": outbox_overview_json(outbox)}
         typer.echo(json.dumps({key: payload[key] for key in STATUS_JSON_KEYS}, indent=2))
         return
     _print_status(snapshot, configured, models)
+    print_outbox_overview(_console(), outbox)
 
 
 def _print_status(snapshot: NodeStatus, configured: dict[str, Any], models: dict[str, Any]) -> None:
@@ -203,9 +207,18 @@ def _print_trail(trail: StudyTrail) -> None:
 def retry(job_id: Annotated[Optional[int], typer.Argument(help="The failed job to re-queue.")] = None,
           study: Annotated[Optional[str], typer.Option("--study", help="Re-queue this study's failed job.")] = None,
           all_failed: Annotated[bool, typer.Option("--all-failed", help="Re-queue every failed job.")] = False,
+          outbox: Annotated[bool, typer.Option("--outbox", help="Re-send dead-lettered results instead (all, or "
+                                                                "--study UID's).")] = False,
           config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Re-queue failed jobs; a running node picks them up (attempts start again from zero)."""
     settings, database = _open(config, data_dir)
+    if outbox:  # the send stage's dead letters (see dicom_ai/cli/outbox_view.py)
+        try:
+            count = retry_dead_letters(settings, database, study)
+        finally:
+            database.close()
+        typer.echo(f"re-armed {count} dead-lettered delivery(ies); a running node sends them now")
+        return
     try:
         requeued = JobQueue(database, settings.queue).retry(job_id=job_id, study_uid=study, all_failed=all_failed)
     except QueueRequestRefused as exc:

@@ -87,6 +87,31 @@ class OutboxEntry:
                    next_attempt_at=row.next_attempt_at, last_error=row.last_error, job_id=row.job_id)
 
 
+@dataclass(frozen=True)
+class DeadLetter:
+    """A delivery that gave up, as shown to operators."""
+
+    id: int
+    study_uid: str
+    sop_instance_uid: str
+    destination: str
+    attempts: int
+    last_error: str
+
+    @classmethod
+    def of(cls, entry: OutboxEntry) -> DeadLetter:
+        return cls(entry.id, entry.study_uid, entry.sop_instance_uid, entry.destination, entry.attempts,
+                   entry.last_error)
+
+
+@dataclass(frozen=True)
+class OutboxOverview:
+    """Deliveries per state (pending, sending, sent, dead) and the newest dead letters."""
+
+    by_state: dict[str, int]
+    dead_letters: list[DeadLetter]
+
+
 def encode_part10(dataset: Dataset) -> bytes:
     """`dataset` as a Part 10 file (preamble, file meta); Explicit VR Little Endian unless its meta says otherwise."""
     meta = getattr(dataset, "file_meta", None)
@@ -299,9 +324,14 @@ class Outbox:
                 select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).tuples().all())
         return {str(state): int(found.get(state, 0)) for state in OutboxState}
 
+    def overview(self, dead_shown: int = 10) -> OutboxOverview:
+        """Counts per state and the newest dead letters (the `outbox` part of `dicom-ai status`)."""
+        dead = self.entries(states=[OutboxState.DEAD], newest_first=True, limit=dead_shown)
+        return OutboxOverview(by_state=self.counts(), dead_letters=[DeadLetter.of(entry) for entry in dead])
+
     def entries(self, *, study_uid: str | None = None, states: Iterable[OutboxState] = (),
-                limit: int | None = None) -> list[OutboxEntry]:
-        query = select(OutboxItem).order_by(OutboxItem.id)
+                limit: int | None = None, newest_first: bool = False) -> list[OutboxEntry]:
+        query = select(OutboxItem).order_by(OutboxItem.id.desc() if newest_first else OutboxItem.id)
         if study_uid:
             query = query.where(OutboxItem.study_uid == study_uid)
         state_list = [str(state) for state in states]

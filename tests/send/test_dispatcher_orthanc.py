@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
+from dicom_ai.cli import app
 from dicom_ai.config import Settings
 from dicom_ai.send.destinations import plan_delivery
 from dicom_ai.send.dispatcher import Dispatcher
@@ -129,6 +131,19 @@ def test_a_destination_that_always_refuses_ends_in_the_dead_letter(tmp_path: Pat
         kinds = [kind for kind, _, _ in send_events(database)]
         assert kinds == ["send.queued", "send.failed", "send.failed", "send.dead"]
         assert refusing.sop_instance_uids() == []
+
+        data_dir = ["--data-dir", str(settings.storage.data_dir)]
+        status = CliRunner().invoke(app, ["status", "--json", *data_dir])
+        assert status.exit_code == 0, status.output
+        outbox_status = json.loads(status.output)["outbox"]
+        assert outbox_status["by_state"] == {"pending": 0, "sending": 0, "sent": 0, "dead": 1}
+        assert outbox_status["dead_letters"][0]["destination"] == "PACS"
+        assert "aborted the association" in outbox_status["dead_letters"][0]["last_error"]
+        human = CliRunner().invoke(app, ["status", *data_dir])
+        assert "1 dead letter(s)" in human.output and "retry --outbox" in human.output
+        retried = CliRunner().invoke(app, ["retry", "--outbox", *data_dir])
+        assert retried.exit_code == 0 and "re-armed 1" in retried.output
+        assert outbox.counts()["pending"] == 1
     finally:
         database.close()
         refusing.stop(graceful=False)
