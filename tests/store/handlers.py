@@ -40,3 +40,10 @@ def slow_ok(job: StudyJob) -> None:
 
 def always_fails(job: StudyJob) -> None:
     raise RuntimeError(f"simulated analysis failure on attempt {job.attempt}")
+
+
+def fails_until_allowed(job: StudyJob) -> None:
+    """Fail until the file named by $DICOM_AI_TEST_ALLOW_FILE exists (an operator fixed the cause), then read."""
+    if not os.path.exists(os.environ["DICOM_AI_TEST_ALLOW_FILE"]):
+        raise RuntimeError("model weights missing (simulated)")
+    read_all(job)
