@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from dicom_ai.store.database import Database, instance_info
 from dicom_ai.store.models import Association, Event, Instance, Job, NodeRun, Series, Study, utcnow
@@ -173,7 +173,11 @@ def study_trail(database: Database, study_uid: str) -> StudyTrail:
                                             .order_by(Association.id)))
         job_ids = [job.id for job in study.jobs]
         events = list(session.scalars(
-            select(Event).where(or_(Event.study_uid == study_uid, Event.job_id.in_(job_ids)))
+            select(Event).where(or_(
+                Event.study_uid == study_uid, Event.job_id.in_(job_ids),
+                # e.g. instances refused on an association that delivered this study (their study is unknown)
+                and_(Event.study_uid.is_(None), Event.association_id.in_(association_ids)),
+            ))
             .order_by(Event.id)))
         return StudyTrail(
             study=_study(session, study),

@@ -34,7 +34,8 @@ def data_dir(tmp_path: Path) -> Path:
     association = database.open_association("XRAY1", "127.0.0.1", 50000, "DICOM_AI", False)
     for n in (1, 2):
         database.record_instance(association, instance(n))
-    database.close_association(association, "released", stored=2, failed=0)
+    database.record_refused_instance(association, "1.2.826.0.3.9.9", 0xA900, "SOP class does not match context")
+    database.close_association(association, "released", stored=2, failed=1)
     database.record_instance(None, instance(1, study="1.2.826.0.3.2"))
     queue = JobQueue(database, QueueSettings(max_attempts=1))
     job_id = queue.complete_study(STUDY).job_id
@@ -85,6 +86,8 @@ def test_audit_json_has_the_whole_trail(data_dir: Path) -> None:
     assert trail["jobs"][0]["state"] == "failed"
     kinds = [e["kind"] for e in trail["events"]]
     assert kinds[0] == "study.created" and "job.claimed" in kinds and kinds[-1] == "study.state"
+    (refused,) = [e for e in trail["events"] if e["kind"] == "instance.refused"]
+    assert refused["detail"] == {"status": "0xA900", "reason": "SOP class does not match context"}
     assert trail["events"][-1]["detail"] == {"from": "processing", "to": "failed"}
 
 
