@@ -3,7 +3,8 @@
 Start-up checks every setting that can only be checked against the machine (writable spool, database reachable,
 handler importable, port free) and raises `ConfigError` naming the key. Stop order: the listener first (no new
 data; in-flight associations finish or are aborted), then the worker (running jobs get `stop_timeout` seconds,
-then their leases are released so they run again), then the monitor.
+then their leases are released so they run again), then the monitor, then the send dispatcher (undelivered results
+stay in the outbox for the next start).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import threading
 from typing import Any
 
 from dicom_ai.config import ConfigError, Settings, check_writable_dir
+from dicom_ai.send.sender import ResultSender
 from dicom_ai.store.database import Database, DatabaseError, open_database
 from dicom_ai.store.node_runs import heartbeat_node_run, start_node_run, stop_node_run
 from dicom_ai.store.queue import JobQueue
@@ -33,6 +35,7 @@ class Node:
         self.listener: Any = None
         self.worker: Worker | None = None
         self.monitor: StabilityMonitor | None = None
+        self.sender: ResultSender | None = None
         self._run_id: int | None = None
         self._stopped = threading.Event()
 
@@ -60,6 +63,8 @@ class Node:
         run_id, database = self._run_id, self.database
         self.monitor = StabilityMonitor(queue, on_tick=lambda: heartbeat_node_run(database, run_id))
         self.monitor.start()
+        self.sender = ResultSender(settings, self.database)  # the send stage: outbox dispatcher thread
+        self.sender.start()
         self.worker = Worker(queue, handler, threads=settings.queue.workers, stop_timeout=self._stop_timeout)
         self.worker.start()
         models = models_status(settings)
@@ -78,6 +83,8 @@ class Node:
             self.worker.stop()
         if self.monitor is not None:
             self.monitor.stop()
+        if self.sender is not None:  # what is not delivered yet stays in the outbox for the next start
+            self.sender.stop()
         if self.database is not None:
             if self._run_id is not None:
                 stop_node_run(self.database, self._run_id)
