@@ -86,6 +86,9 @@ def _on_connected(event: Event, connected: threading.Event) -> None:
 
 def _association_failure(association: Association, destination: Destination, connected: bool) -> str:
     where = f"{destination.node.ae_title}@{destination.node.host}:{destination.node.port}"
+    if not connected and destination.node.tls:
+        return (f"cannot connect to {where} over TLS (node down, wrong host/port, or the TLS handshake failed: "
+                f"check tls.ca_certificates, tls.certificate and the node's certificate)")
     if not connected:
         return f"cannot connect to {where} (node down, wrong host/port, or connect timeout)"
     if association.is_rejected:
