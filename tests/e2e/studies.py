@@ -70,6 +70,20 @@ def _patient_and_study(ds: Dataset, patient_id: str, study_uid: str, description
     ds.Manufacturer = "dicom-ai test data"
 
 
+def _grayscale_pixels(ds: Dataset, pixels: np.ndarray) -> None:
+    """Image Pixel module (MONOCHROME2, unsigned) for `pixels`, plus a full-range VOI window."""
+    bits = pixels.dtype.itemsize * 8
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = 128
+    ds.WindowWidth = 256
+    ds.PixelData = pixels.tobytes()
+
+
 def ct_study() -> BuiltStudy:
     """The real CT series (files used as they are)."""
     import pydicom
@@ -128,16 +142,7 @@ def brain_mr_study(out_dir: Path, first_slice: int, count: int, case: str = MR_C
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         ds.SliceLocation = 3.0 * (index - 1)
         ds.PixelSpacing = [1.0, 1.0]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = pixels.shape
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.WindowCenter = 128
-        ds.WindowWidth = 256
-        ds.PixelData = pixels.tobytes()
+        _grayscale_pixels(ds, pixels)
         path = out_dir / f"mr-{index:03d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
@@ -175,21 +180,13 @@ def hand_dx_study(out_dir: Path, image: str = DX_IMAGE) -> BuiltStudy:
     ds.DetectorType = ""
     ds.PositionerType = ""
     ds.AcquisitionContextSequence = []
-    ds.WindowCenter = 128
-    ds.WindowWidth = 256
     ds.ViewPosition = "PA"
     ds.PatientOrientation = ["L", "F"]
     ds.InstanceNumber = 1
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.ImagerPixelSpacing = [0.5, 0.5]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated = 8
-    ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
+    _grayscale_pixels(ds, pixels)
     ds.PixelIntensityRelationship = "LOG"
     ds.PixelIntensityRelationshipSign = 1
     ds.RescaleIntercept = 0
@@ -200,7 +197,6 @@ def hand_dx_study(out_dir: Path, image: str = DX_IMAGE) -> BuiltStudy:
     ds.LossyImageCompressionRatio = 10
     ds.LossyImageCompressionMethod = "ISO_10918_1"
     ds.BurnedInAnnotation = "NO"
-    ds.PixelData = pixels.tobytes()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"dx-{stem}.dcm"
     ds.save_as(path, enforce_file_format=True)
