@@ -1,0 +1,101 @@
+"""`dicom-ai serve` as a child process with its own config, data dir and free port, the way an operator runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DICOM_AI = str(Path(sys.executable).with_name("dicom-ai"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return json.dumps(str(value))
+
+
+def write_toml(path: Path, tables: dict[str, dict[str, Any]]) -> None:
+    """A flat TOML file: one `[table]` per key (dotted names like `nodes.PACS` are fine)."""
+    lines = []
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+class ServedNode:
+    """One node: `start()` returns once it accepts TCP connections; `stop()` sends SIGTERM and waits."""
+
+    def __init__(self, directory: Path, config: dict[str, dict[str, Any]], *, ae_title: str = "DICOM_AI",
+                 port: int | None = None) -> None:
+        self.directory = directory
+        self.ae_title = ae_title
+        self.port = port or free_port()
+        self.data_dir = directory / "data"
+        directory.mkdir(parents=True, exist_ok=True)
+        tables = {"node": {"ae_title": ae_title, "bind": "127.0.0.1", "port": self.port},
+                  "storage": {"data_dir": str(self.data_dir)}}
+        for table, values in config.items():
+            tables[table] = {**tables.get(table, {}), **values}
+        self.config_path = directory / "config.toml"
+        write_toml(self.config_path, tables)
+        self.log_path = directory / "serve.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "YOLO_OFFLINE": "1"}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([DICOM_AI, "serve", "--config", str(self.config_path)], stdout=log,
+                                            stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dicom-ai serve exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"dicom-ai serve did not listen on {self.port} within {timeout} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run `dicom-ai ARGS --config <this node's config>` (status, audit, retry, outbox ...)."""
+        return subprocess.run([DICOM_AI, *args, "--config", str(self.config_path)], capture_output=True, text=True,
+                              timeout=120, cwd=REPO_ROOT)
