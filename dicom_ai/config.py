@@ -41,7 +41,7 @@ class NodeSettings(_Section):
 
     ae_title: str = "DICOM_AI"
     bind: str = "0.0.0.0"
-    port: int = Field(11112, ge=1, le=65535)
+    port: int = Field(11112, ge=0, le=65535, description="0 = any free port (tests; the bound port is logged)")
     max_associations: int = Field(16, ge=1, le=1024)
     max_pdu_size: int = Field(0, ge=0, description="0 = unlimited (fastest for large images)")
     network_timeout: float = Field(60.0, gt=0)

@@ -1,0 +1,245 @@
+"""The C-STORE SCP handler: validate, write the bytes as received, record, answer (PS3.4 Annex B).
+
+It runs on the association's thread, so it does the least: one header parse (up to the pixel data), one atomic
+spool write (file meta + the dataset bytes exactly as received, never re-encoded), one database transaction.
+Success is answered only after the file is fsynced and renamed into place *and* its row is committed.
+
+C-STORE response statuses (0000,0900) this node answers:
+
+| status | meaning | when |
+|---|---|---|
+| 0x0000 | Success | stored and recorded; or a duplicate ignored under `storage.duplicate_policy = "keep-first"` |
+| 0x0111 | Failure: Duplicate SOP Instance (PS3.7 C.4) | duplicate under `duplicate_policy = "reject"` |
+| 0xA700 | Refused: Out of Resources | spool full, a write/fsync/rename failed, or the database refused the row |
+| 0xA900 | Error: Data Set Does Not Match SOP Class | SOP Class UID (0008,0016) missing or not the negotiated one |
+| 0xC000 | Error: Cannot Understand | the dataset cannot be parsed in the negotiated transfer syntax |
+| 0xC010 | Error: Cannot Understand | Study/Series/SOP Instance UID missing or not a valid UID (digits and dots, <= 64) |
+| 0xC011 | Error: Cannot Understand | SOP Instance UID (0008,0018) differs from the command's Affected SOP Instance UID |
+
+Every refusal is audited with `Database.record_refused_instance`; nothing is written for a refused instance.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pynetdicom.events import Event
+
+from dicom_ai import __version__
+from dicom_ai.config import StorageSettings
+from dicom_ai.receive.header import UnreadableDataset, read_header
+from dicom_ai.receive.server import AssociationSession
+from dicom_ai.store.database import Database
+from dicom_ai.store.records import ReceivedInstance
+from dicom_ai.store.spool import Spool, SpoolError, SpoolFull
+from dicom_ai.uids import InvalidUID, is_valid_uid, require_uid
+
+log = logging.getLogger(__name__)
+
+# Implementation Class UID (0002,0012) of files we write and associations we negotiate: a UUID-derived UID
+# (PS3.5 §B.2), fixed for the project.
+IMPLEMENTATION_CLASS_UID = f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, 'https://github.com/dicom-ai/dicom-ai').int}"
+IMPLEMENTATION_VERSION_NAME = f"DICOM_AI_{__version__}"[:16]
+_ERROR_COMMENT_MAX = 64  # Error Comment (0000,0902) is LO
+
+
+class StoreStatus(IntEnum):
+    """See the module docstring for when each is answered."""
+
+    SUCCESS = 0x0000
+    DUPLICATE_REJECTED = 0x0111
+    OUT_OF_RESOURCES = 0xA700
+    SOP_CLASS_MISMATCH = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    INVALID_UID = 0xC010
+    INSTANCE_UID_MISMATCH = 0xC011
+
+
+class Refused(Exception):
+    def __init__(self, status: StoreStatus, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceIdentity:
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+
+
+OwnOutputCheck = Callable[[Dataset], bool]
+
+
+class InstanceReceiver:
+    """Handles EVT_C_STORE for every association of one listener."""
+
+    def __init__(self, database: Database, spool: Spool, storage: StorageSettings,
+                 is_own_output: OwnOutputCheck | None = None) -> None:
+        self.database = database
+        self.spool = spool
+        self.duplicate_policy = storage.duplicate_policy
+        self.is_own_output = is_own_output
+
+    def handle_store(self, event: Event) -> Dataset:
+        session: AssociationSession | None = getattr(event.assoc, "session", None)
+        association_id = session.association_id if session else None
+        command_uid = str(event.request.AffectedSOPInstanceUID or "")
+        try:
+            status = self._store(event, session)
+        except Refused as refusal:
+            if session:
+                session.failed += 1
+            audit_uid = command_uid if is_valid_uid(command_uid) else None
+            log.warning("C-STORE %s refused with 0x%04X: %s", audit_uid or "(invalid UID)", refusal.status,
+                        refusal.reason)
+            try:
+                self.database.record_refused_instance(association_id, audit_uid, int(refusal.status),
+                                                      refusal.reason)
+            except Exception:
+                log.exception("cannot audit the refused instance %s", audit_uid)
+            return _response(refusal.status, refusal.reason)
+        if session:
+            session.stored += 1
+        return _response(status)
+
+    def _store(self, event: Event, session: AssociationSession | None) -> StoreStatus:
+        _, abstract_syntax, transfer_syntax = event.context
+        dataset_bytes = event.encoded_dataset(include_meta=False)
+        try:
+            header = read_header(dataset_bytes, str(transfer_syntax))
+        except UnreadableDataset as exc:
+            raise Refused(StoreStatus.CANNOT_UNDERSTAND, str(exc)) from None
+        identity = _identity(header, str(abstract_syntax), str(event.request.AffectedSOPClassUID or ""),
+                             str(event.request.AffectedSOPInstanceUID or ""))
+
+        try:
+            previous = self.database.find_instance(identity.sop_instance_uid)
+        except Exception as exc:
+            log.exception("audit database unavailable")
+            raise Refused(StoreStatus.OUT_OF_RESOURCES, f"audit database unavailable: {exc}") from None
+        if previous is not None and self.duplicate_policy == "keep-first":
+            self.database.record_event("instance.duplicate_ignored", study_uid=identity.study_uid,
+                                       series_uid=identity.series_uid, sop_instance_uid=identity.sop_instance_uid,
+                                       association_id=session.association_id if session else None,
+                                       detail={"kept": previous.spool_path, "policy": "keep-first"})
+            return StoreStatus.SUCCESS
+        if previous is not None and self.duplicate_policy == "reject":
+            raise Refused(StoreStatus.DUPLICATE_REJECTED,
+                          f"SOP Instance UID already received ({previous.spool_path}); duplicate_policy = reject")
+
+        calling_ae = session.calling_ae if session else ""
+        try:
+            stored = self.spool.write(identity.study_uid, identity.series_uid, identity.sop_instance_uid,
+                                      _file_meta(identity, str(transfer_syntax), calling_ae), dataset_bytes)
+        except SpoolFull as exc:
+            raise Refused(StoreStatus.OUT_OF_RESOURCES, f"spool full: {exc.strerror}") from None
+        except SpoolError as exc:
+            raise Refused(StoreStatus.OUT_OF_RESOURCES, f"spool write failed: {exc.strerror}") from None
+
+        received = _received_instance(header, identity, str(transfer_syntax), stored.size_bytes, stored.path,
+                                      calling_ae, self._own_output(header))
+        try:
+            self.database.record_instance(session.association_id if session else None, received)
+        except Exception as exc:
+            log.exception("cannot record instance %s", identity.sop_instance_uid)
+            if previous is None or Path(previous.spool_path) != stored.path:
+                self.spool.remove(stored.path)  # not recorded -> not received; the sender will retry
+            raise Refused(StoreStatus.OUT_OF_RESOURCES, f"audit database refused the row: {exc}") from None
+        if previous is not None and Path(previous.spool_path) != stored.path:
+            self.spool.remove(Path(previous.spool_path))
+        return StoreStatus.SUCCESS
+
+    def _own_output(self, header: Dataset) -> bool:
+        if self.is_own_output is None:
+            return False
+        try:
+            return bool(self.is_own_output(header))
+        except Exception:
+            log.exception("is_own_output failed; treating the instance as received from outside")
+            return False
+
+
+def _identity(header: Dataset, abstract_syntax: str, command_class: str, command_instance: str) -> InstanceIdentity:
+    """The four UIDs that place an instance, checked against the negotiated context and the C-STORE command."""
+    try:
+        sop_class = str(header.get("SOPClassUID", "") or "").strip()
+        raw_uids = {keyword: header.get(keyword) for keyword in
+                    ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")}
+    except Exception as exc:
+        raise Refused(StoreStatus.CANNOT_UNDERSTAND, f"dataset cannot be parsed: {exc}") from None
+    if not sop_class:
+        raise Refused(StoreStatus.SOP_CLASS_MISMATCH, "SOP Class UID (0008,0016) is missing")
+    if sop_class != abstract_syntax or sop_class != command_class:
+        raise Refused(StoreStatus.SOP_CLASS_MISMATCH, f"SOP Class UID {sop_class[:64]!r} is not the negotiated "
+                                                      f"abstract syntax {abstract_syntax}")
+    try:
+        uids = {keyword: require_uid(value, keyword) for keyword, value in raw_uids.items()}
+    except InvalidUID as exc:
+        raise Refused(StoreStatus.INVALID_UID, str(exc)) from None
+    if uids["SOPInstanceUID"] != command_instance.strip():
+        raise Refused(StoreStatus.INSTANCE_UID_MISMATCH,
+                      f"SOP Instance UID {uids['SOPInstanceUID']} differs from the C-STORE Affected SOP Instance "
+                      f"UID {command_instance[:64]!r}")
+    return InstanceIdentity(uids["StudyInstanceUID"], uids["SeriesInstanceUID"], uids["SOPInstanceUID"], sop_class)
+
+
+def _file_meta(identity: InstanceIdentity, transfer_syntax: str, calling_ae: str) -> FileMetaDataset:
+    """File Meta Information (PS3.10 §7.1) for the dataset as received."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = identity.sop_class_uid
+    meta.MediaStorageSOPInstanceUID = identity.sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if calling_ae:
+        meta.SourceApplicationEntityTitle = calling_ae
+    return meta
+
+
+def _received_instance(header: Dataset, identity: InstanceIdentity, transfer_syntax: str, size_bytes: int,
+                       path: Path, calling_ae: str, produced_by_us: bool) -> ReceivedInstance:
+    return ReceivedInstance(
+        study_uid=identity.study_uid, series_uid=identity.series_uid, sop_instance_uid=identity.sop_instance_uid,
+        sop_class_uid=identity.sop_class_uid, transfer_syntax=transfer_syntax,
+        modality=_text(header, "Modality"), patient_id=_text(header, "PatientID"),
+        patient_name=_text(header, "PatientName"), study_date=_text(header, "StudyDate"),
+        series_number=_integer(header, "SeriesNumber"), instance_number=_integer(header, "InstanceNumber"),
+        series_description=_text(header, "SeriesDescription"), size_bytes=size_bytes, spool_path=str(path),
+        calling_ae=calling_ae, produced_by_us=produced_by_us,
+    )
+
+
+def _text(header: Dataset, keyword: str) -> str:
+    """A descriptive attribute; a malformed value must not cost the instance, so it becomes empty."""
+    try:
+        value = header.get(keyword)
+    except Exception:
+        return ""
+    return "" if value is None else str(value).strip()
+
+
+def _integer(header: Dataset, keyword: str) -> int | None:
+    try:
+        value = header.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except Exception:
+        return None
+
+
+def _response(status: StoreStatus, reason: str = "") -> Dataset:
+    response = Dataset()
+    response.Status = int(status)
+    if reason:
+        printable = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in reason)
+        response.ErrorComment = printable[:_ERROR_COMMENT_MAX]
+    return response
+

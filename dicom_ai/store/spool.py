@@ -1,0 +1,160 @@
+"""The spool: received instances as Part 10 files, written atomically under paths built only from valid UIDs.
+
+Layout: ``<root>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``. A file is first written to
+``<root>/.incoming/`` (same file system, so the final rename is atomic), fsynced, renamed into place, and the
+directory holding it is fsynced, so a file that exists under its final name is complete and survives a crash.
+Temporary files left by a crash are removed by `remove_incomplete()` (the listener calls it at start and stop).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+
+from dicom_ai.uids import require_uid
+
+INCOMING_DIR = ".incoming"
+PREAMBLE = b"\x00" * 128 + b"DICM"
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_COPY_CHUNK = 1 << 20
+
+
+class SpoolError(OSError):
+    """Base class: the instance could not be stored; nothing was left behind under its final name."""
+
+
+class SpoolFull(SpoolError):
+    """The spool's file system is full (or over quota)."""
+
+
+class SpoolWriteError(SpoolError):
+    """Any other failure to write, sync or rename the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    path: Path
+    size_bytes: int
+
+
+def encode_file_meta(file_meta: FileMetaDataset) -> bytes:
+    """Preamble, 'DICM' prefix and the File Meta Information group (PS3.10 §7.1), as written before the dataset."""
+    buffer = BytesIO()
+    buffer.write(PREAMBLE)
+    write_file_meta_info(buffer, file_meta, enforce_standard=True)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+class Spool:
+    """Atomic Part 10 writer under `root` (see module docstring). Thread-safe."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.incoming = self.root / INCOMING_DIR
+
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        """The final path of an instance; raises `dicom_ai.uids.InvalidUID` for anything that is not a UID."""
+        return (self.root / require_uid(study_uid, "StudyInstanceUID") / require_uid(series_uid, "SeriesInstanceUID")
+                / f"{require_uid(sop_instance_uid, 'SOPInstanceUID')}.dcm")
+
+    def write(self, study_uid: str, series_uid: str, sop_instance_uid: str, file_meta: FileMetaDataset,
+              dataset_bytes: bytes | memoryview | Path) -> StoredFile:
+        """Write file meta + `dataset_bytes` (the dataset exactly as received, or a file holding it) atomically.
+
+        Replaces an existing file of the same instance atomically. Raises `InvalidUID` before touching the disk,
+        `SpoolFull` when the file system is full, `SpoolWriteError` for any other I/O failure; on error no
+        temporary file remains.
+        """
+        final = self.path_for(study_uid, series_uid, sop_instance_uid)
+        header = encode_file_meta(file_meta)
+        temporary = self.incoming / f"{uuid.uuid4().hex}.part"
+        try:
+            self._ensure_dir(self.incoming)
+            size = self._write_synced(temporary, header, dataset_bytes)
+            created = self._ensure_dir(final.parent)
+            os.replace(temporary, final)
+            _fsync_dir(final.parent)
+            for directory in created:  # a new directory's entry lives in its parent
+                _fsync_dir(directory.parent)
+        except OSError as exc:
+            _unlink_quietly(temporary)
+            if exc.errno in _NO_SPACE:
+                raise SpoolFull(exc.errno, f"spool {self.root} is full: {exc.strerror}") from exc
+            raise SpoolWriteError(exc.errno, f"cannot write {final}: {exc.strerror or exc}") from exc
+        return StoredFile(final, size)
+
+    def remove(self, path: Path) -> None:
+        """Delete a spooled file (e.g. the previous copy of a replaced instance); only paths inside the spool."""
+        path = Path(path)
+        if self.root.resolve() not in path.resolve().parents:
+            raise ValueError(f"{path} is not inside the spool {self.root}")
+        _unlink_quietly(path)
+
+    def remove_incomplete(self) -> int:
+        """Delete temporary files of writes that never completed; returns how many were removed."""
+        removed = 0
+        if self.incoming.is_dir():
+            for leftover in self.incoming.glob("*.part"):
+                _unlink_quietly(leftover)
+                removed += 1
+        return removed
+
+    def _ensure_dir(self, directory: Path) -> list[Path]:
+        """mkdir -p up to the spool root; returns the directories this call created."""
+        chain = [directory]
+        while chain[-1] != self.root and chain[-1] != chain[-1].parent:
+            chain.append(chain[-1].parent)
+        created: list[Path] = []
+        for candidate in reversed(chain):
+            try:
+                candidate.mkdir(parents=candidate == self.root)
+                created.append(candidate)
+            except FileExistsError:
+                pass
+        return created
+
+    @staticmethod
+    def _write_synced(path: Path, header: bytes, dataset_bytes: bytes | memoryview | Path) -> int:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        try:
+            size = _write_all(descriptor, header)
+            if isinstance(dataset_bytes, Path):
+                with dataset_bytes.open("rb") as source:
+                    while chunk := source.read(_COPY_CHUNK):
+                        size += _write_all(descriptor, chunk)
+            else:
+                size += _write_all(descriptor, dataset_bytes)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        return size
+
+
+def _write_all(descriptor: int, data: bytes | memoryview) -> int:
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        view = view[written:]
+    return len(data)
+
+
+def _fsync_dir(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
