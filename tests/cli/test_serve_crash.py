@@ -12,11 +12,13 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,14 +97,20 @@ class ServedNode:
         wait_for(self._listening, 30, f"the node to listen (log: {self.log.read_text()[-2000:]})")
 
     def _listening(self) -> bool:
+        """The node records its run once its listener is bound (a TCP probe would itself be a client)."""
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"node exited with {self.process.returncode}: {self.log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
+        database = self.data_dir / "dicom-ai.sqlite"
+        if not database.is_file():
             return False
+        try:
+            with closing(sqlite3.connect(database, timeout=5)) as connection:
+                row = connection.execute("SELECT port FROM node_runs WHERE pid = ? AND stopped_at IS NULL",
+                                         (self.process.pid,)).fetchone()
+        except sqlite3.Error:  # not migrated yet
+            return False
+        return row is not None and row[0] == self.port
 
     def kill(self) -> None:
         assert self.process is not None
