@@ -35,9 +35,6 @@ from dicom_ai.store.records import JobState
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk storescu is not installed"),
-    # TEMPORARY while the receive stage is being written in parallel; removed when dicom_ai.receive lands.
-    pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "dicom_ai/receive/__init__.py").is_file(),
-                       reason="the receive stage (dicom_ai.receive.Listener) is not in this tree yet"),
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
