@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicom_ai.config import QueueSettings
@@ -112,12 +112,7 @@ class JobQueue:
         """Take the oldest due queued job with a lease for `worker_id`, or None when there is none."""
         now = self._clock()
         with self.database.write_session() as session:
-            candidate = session.scalar(
-                select(Job.id)
-                .where(Job.state == JobState.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now))
-                .order_by(Job.id).limit(1)
-                .with_for_update(skip_locked=True)
-            )
+            candidate = session.scalar(next_due_job(now))
             if candidate is None:
                 return None
             claimed = session.execute(
@@ -277,6 +272,15 @@ class JobQueue:
                 set_study_state(session, job.study, StudyState.QUEUED, reason="retry requested", job_id=job.id)
                 requeued.append(job.id)
             return requeued
+
+
+def next_due_job(now: datetime) -> Select[tuple[int]]:
+    """The oldest due queued job; PostgreSQL skips rows other claimers have locked, SQLite has no row locks and
+    serialises writers instead (BEGIN IMMEDIATE)."""
+    return (select(Job.id)
+            .where(Job.state == JobState.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now))
+            .order_by(Job.id).limit(1)
+            .with_for_update(skip_locked=True))
 
 
 def _analysable_instances(session: Session, study_id: int) -> tuple[JobInstance, ...]:

@@ -361,3 +361,13 @@ def test_worker_processes_share_the_queue_without_double_claims(tmp_path: Path,
     with database.session() as session:
         assert set(session.scalars(select(Job.state))) == {JobState.DONE}
     database.close()
+
+
+def test_claim_candidate_skips_locked_rows_on_postgresql() -> None:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from dicom_ai.store.queue import next_due_job
+
+    statement = next_due_job(datetime.now(UTC))
+    assert "FOR UPDATE SKIP LOCKED" in str(statement.compile(dialect=postgresql.dialect()))
+    assert "FOR UPDATE" not in str(statement.compile(dialect=sqlite.dialect()))
