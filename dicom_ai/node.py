@@ -57,7 +57,7 @@ class Node:
             raise ConfigError(f"node.port: cannot listen on {settings.node.bind}:{settings.node.port} "
                               f"({exc.strerror or exc}); choose another node.port / node.bind") from None
         self._run_id = start_node_run(self.database, settings.node.ae_title, bind, port, settings.tls.enabled)
-        log.info("listening as %s on %s:%d%s; data in %s", settings.node.ae_title, bind, port,
+        log.info("node %s ready on %s:%d%s; spool and database in %s", settings.node.ae_title, bind, port,
                  " (DICOM TLS)" if settings.tls.enabled else "", settings.storage.data_dir)
 
         run_id, database = self._run_id, self.database

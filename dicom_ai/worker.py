@@ -222,7 +222,7 @@ class Worker:
                 except LeaseLost:
                     pass
                 return
-            error = "".join(traceback.format_exception_only(exc)).strip()
+            error = f"{type(exc).__name__}: {exc}"
             trace = "".join(traceback.format_exception(exc)[-6:])
             try:
                 state = self.queue.fail(job.job_id, worker_id, f"{error}\n{trace}",

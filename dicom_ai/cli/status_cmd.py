@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from sqlalchemy.engine import make_url
 
 from dicom_ai.cli.app import ConfigOption, DataDirOption, JsonOption, app, settings_or_exit
@@ -41,6 +41,11 @@ INSTANCE_ROWS_SHOWN = 20
 
 def _console() -> Console:
     return Console(highlight=False, soft_wrap=False, width=160)
+
+
+def _table(*headers: str, title: str) -> Table:
+    """A table whose cells wrap instead of being cut: operators copy UIDs from it."""
+    return Table(*(Column(header, overflow="fold") for header in headers), title=title)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -110,18 +115,19 @@ def _print_status(snapshot: NodeStatus, configured: dict[str, Any], models: dict
                   + ", ".join(f"{k} {v}" for k, v in snapshot.jobs_by_state.items())
                   + "   studies: " + ", ".join(f"{k} {v}" for k, v in snapshot.studies_by_state.items()))
     if snapshot.running_jobs:
-        table = Table("job", "study", "attempt", "worker", "lease until", title="Running jobs")
+        table = _table("job", "study", "attempt", "worker", "lease until", title="Running jobs")
         for job in snapshot.running_jobs:
             table.add_row(str(job.id), job.study_uid, f"{job.attempts}/{job.max_attempts}", job.worker_id or "",
                           _when(job.lease_expires_at))
         console.print(table)
     if snapshot.failed_jobs:
-        table = Table("job", "study", "attempts", "failed at", "error", title="Failed jobs (dicom-ai retry JOB_ID)")
+        table = _table("job", "study", "attempts", "failed at", "error",
+                       title="Failed jobs (dicom-ai retry JOB_ID)")
         for job in snapshot.failed_jobs:
             table.add_row(str(job.id), job.study_uid, str(job.attempts), _when(job.updated_at),
-                          job.last_error.splitlines()[0][:80] if job.last_error else "")
+                          job.last_error.splitlines()[0] if job.last_error else "")
         console.print(table)
-    table = Table("study", "state", "patient", "from", "series", "instances", "last received", "job",
+    table = _table("study", "state", "patient", "from", "series", "instances", "last received", "job",
                   title="Recent studies")
     for study in snapshot.recent_studies:
         job = f"{study.latest_job_id} {study.latest_job_state}" if study.latest_job_id else "-"
@@ -164,7 +170,7 @@ def _detail_text(detail: Any) -> str:
 
 
 def _events_table(events: list[EventRecord], title: str) -> Table:
-    table = Table("time (UTC)", "event", "job", "detail", title=title)
+    table = _table("time (UTC)", "event", "job", "detail", title=title)
     for event in events:
         table.add_row(_when(event.at), event.kind, str(event.job_id or ""), _detail_text(event.detail))
     return table
@@ -176,29 +182,29 @@ def _print_trail(trail: StudyTrail) -> None:
     console.print(f"[bold]Study {s.study_uid}[/]: {s.state} - patient {s.patient_id or '-'}, from "
                   f"{s.calling_ae or '-'}, {s.instance_count} instances in {s.series_count} series, received "
                   f"{_when(s.first_received_at)} .. {_when(s.last_received_at)} (UTC)")
-    table = Table("association", "peer", "called AE", "TLS", "start", "end", "outcome", "stored", "failed",
+    table = _table("association", "peer", "called AE", "TLS", "start", "end", "outcome", "stored", "failed",
                   title="Associations")
     for a in trail.associations:
         table.add_row(str(a.id), f"{a.peer_ae}@{a.peer_host}:{a.peer_port}", a.called_ae, "yes" if a.tls else "no",
                       _when(a.started_at), _when(a.ended_at), a.outcome, str(a.stored_count), str(a.failed_count))
     console.print(table)
-    table = Table("series", "modality", "number", "description", "state", "instances", title="Series")
+    table = _table("series", "modality", "number", "description", "state", "instances", title="Series")
     for series in trail.series:
         table.add_row(series.series_uid, series.modality, str(series.series_number or ""),
                       series.series_description, series.state, str(series.instance_count))
     console.print(table)
-    table = Table("instance", "SOP class", "syntax", "bytes", "received", "assoc.", "ours", title="Instances")
+    table = _table("instance", "SOP class", "syntax", "bytes", "received", "assoc.", "ours", title="Instances")
     for i in trail.instances[:INSTANCE_ROWS_SHOWN]:
         table.add_row(i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax, str(i.size_bytes),
                       _when(i.received_at), str(i.association_id or ""), "yes" if i.produced_by_us else "")
     if len(trail.instances) > INSTANCE_ROWS_SHOWN:
         table.caption = f"... and {len(trail.instances) - INSTANCE_ROWS_SHOWN} more (all of them with --json)"
     console.print(table)
-    table = Table("job", "state", "trigger", "attempts", "created", "updated", "last error", title="Jobs")
+    table = _table("job", "state", "trigger", "attempts", "created", "updated", "last error", title="Jobs")
     for job in trail.jobs:
         table.add_row(str(job.id), job.state, job.trigger, f"{job.attempts}/{job.max_attempts}",
                       _when(job.created_at), _when(job.updated_at),
-                      job.last_error.splitlines()[0][:80] if job.last_error else "")
+                      job.last_error.splitlines()[0] if job.last_error else "")
     console.print(table)
     console.print(_events_table(trail.events, "Events"))
 
