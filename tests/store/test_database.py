@@ -167,3 +167,26 @@ def test_counts_follow_instances_across_series_and_own_outputs(database: Databas
         counts = {s.series_uid: s.instance_count for s in session.scalars(select(Series))}
         assert counts == {"1.2.3.1": 0, "1.2.3.2": 1, "1.2.3.3": 1}
         assert session.scalar(select(Study.instance_count)) == 2
+
+
+def test_durability_setting_reaches_sqlite(tmp_path: Path) -> None:
+    from dicom_ai.config import StorageSettings
+    from dicom_ai.store.database import open_database
+
+    for setting, pragma in (("normal", 1), ("full", 2)):
+        database = open_database(StorageSettings(data_dir=tmp_path / setting, sqlite_synchronous=setting))
+        with database.session() as session:
+            assert session.execute(text("PRAGMA synchronous")).scalar() == pragma
+        database.close()
+    with pytest.raises(DatabaseError, match="sqlite_synchronous"):
+        Database(f"sqlite:///{tmp_path / 'x.sqlite'}", sqlite_synchronous="off")  # type: ignore[arg-type]
+
+
+def test_in_memory_database_is_shared_by_threads(instance_factory: Factory) -> None:
+    database = Database("sqlite://")
+    worker = threading.Thread(target=database.record_instance, args=(None, instance_factory(study="1.2.9")))
+    worker.start()
+    worker.join()
+    with database.session() as session:
+        assert session.scalar(select(Study.study_uid)) == "1.2.9"
+    database.close()
