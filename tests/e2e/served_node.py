@@ -6,9 +6,11 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +72,24 @@ class ServedNode:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"dicom-ai serve exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
+            if self._listening():
+                return
+            time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"dicom-ai serve did not listen on {self.port} within {timeout} s:\n{self.log()}")
+
+    def _listening(self) -> bool:
+        """The node records its run once its listener is bound (a TCP probe would itself be a client)."""
+        database = self.data_dir / "dicom-ai.sqlite"
+        if self.process is None or not database.is_file():
+            return False
+        try:
+            with closing(sqlite3.connect(database, timeout=5)) as connection:
+                row = connection.execute("SELECT port FROM node_runs WHERE pid = ? AND stopped_at IS NULL",
+                                         (self.process.pid,)).fetchone()
+        except sqlite3.Error:  # not migrated yet
+            return False
+        return row is not None and row[0] == self.port
 
     def stop(self, timeout: float = 60.0) -> int | None:
         if self.process is None:
