@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
 from dicom_ai.config import ConfigError, Settings, check_writable_dir
+from dicom_ai.receive import Listener
 from dicom_ai.send.sender import ResultSender
 from dicom_ai.store.database import Database, DatabaseError, open_database
 from dicom_ai.store.node_runs import heartbeat_node_run, start_node_run, stop_node_run
 from dicom_ai.store.queue import JobQueue
+from dicom_ai.store.spool import Spool
 from dicom_ai.store.stability import StabilityMonitor
 from dicom_ai.worker import StudyHandler, Worker, build_study_handler, models_status
 
@@ -32,7 +33,7 @@ class Node:
         self._handler = handler
         self._stop_timeout = stop_timeout
         self.database: Database | None = None
-        self.listener: Any = None
+        self.listener: Listener | None = None
         self.worker: Worker | None = None
         self.monitor: StabilityMonitor | None = None
         self.sender: ResultSender | None = None
@@ -50,7 +51,7 @@ class Node:
         handler = self._handler or build_study_handler(settings, self.database)
         queue = JobQueue(self.database, settings.queue)
 
-        self.listener = _build_listener(settings, self.database)
+        self.listener = Listener(settings, self.database, Spool(settings.storage.spool_dir))
         try:
             bind, port = self.listener.start()
         except OSError as exc:
@@ -91,10 +92,3 @@ class Node:
             self.database.close()
         log.info("stopped")
 
-
-def _build_listener(settings: Settings, database: Database) -> Any:
-    """The receive stage's listener (pynetdicom SCP) on this node's database and spool."""
-    from dicom_ai.receive import Listener  # the receive stage; imported here so `status` stays light
-    from dicom_ai.store.spool import Spool
-
-    return Listener(settings, database, Spool(settings.storage.spool_dir))

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from typer.testing import CliRunner
 
 from dicom_ai.cli import app
 
 runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def keep_logging() -> Iterator[None]:
+    """`serve` configures the root logger for the process; give the next tests theirs back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def serve(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
