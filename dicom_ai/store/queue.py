@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicom_ai.config import QueueSettings
@@ -247,7 +247,10 @@ class JobQueue:
                     raise QueueRequestRefused(f"study {study_uid} has no job yet (state {study.state})")
                 jobs = [study.jobs[-1]]
             else:
-                jobs = list(session.scalars(select(Job).where(Job.state == JobState.FAILED).order_by(Job.id)))
+                # Only each study's latest job: an older failure that a later job superseded stays history.
+                latest = select(func.max(Job.id)).group_by(Job.study_id)
+                jobs = list(session.scalars(select(Job).where(Job.state == JobState.FAILED, Job.id.in_(latest))
+                                            .order_by(Job.id)))
             requeued = []
             for job in jobs:
                 if job.state != JobState.FAILED:

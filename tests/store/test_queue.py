@@ -371,3 +371,17 @@ def test_claim_candidate_skips_locked_rows_on_postgresql() -> None:
     statement = next_due_job(datetime.now(UTC))
     assert "FOR UPDATE SKIP LOCKED" in str(statement.compile(dialect=postgresql.dialect()))
     assert "FOR UPDATE" not in str(statement.compile(dialect=sqlite.dialect()))
+
+
+def test_retry_all_failed_leaves_superseded_failures_alone(database: Database, queue: JobQueue,
+                                                           instance_factory: Factory, clock: Clock) -> None:
+    old = stable_job(database, queue, instance_factory, clock)
+    queue.claim("w1")
+    queue.fail(old, "w1", "transient", permanent=True)
+    receive(database, instance_factory, clock, count=1)  # new instances: a new analysis supersedes the failure
+    clock.advance(6)
+    (new,) = queue.enqueue_stable_studies()
+    queue.claim("w1")
+    queue.complete(new, "w1")
+    assert queue.retry(all_failed=True) == []
+    assert job_row(database, old).state == JobState.FAILED
