@@ -9,7 +9,7 @@ with_tests=0
 
 apt_packages=(openssl)
 if [ "$with_tests" = 1 ]; then
-  apt_packages+=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium fonts-dejavu-core)
+  apt_packages+=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium fonts-dejavu-core postgresql)
 fi
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

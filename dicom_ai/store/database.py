@@ -282,7 +282,10 @@ _STUDIES, _SERIES, _INSTANCES = Study.__table__, Series.__table__, Instance.__ta
 
 # The per-instance statements, built once: building and cache-keying a statement per call costs more than
 # running it. Parameters are named p_* so they never clash with column names.
-_SELECT_STUDY = select(_STUDIES.c.id, _STUDIES.c.state).where(_STUDIES.c.study_uid == bindparam("p_uid"))
+# The study row is locked first (row locks on PostgreSQL; SQLite serialises writers): a claim or state change
+# of the same study waits for this instance, never the other way round.
+_SELECT_STUDY = (select(_STUDIES.c.id, _STUDIES.c.state).where(_STUDIES.c.study_uid == bindparam("p_uid"))
+                 .with_for_update())
 _SELECT_SERIES = select(_SERIES.c.id, _SERIES.c.study_id).where(_SERIES.c.series_uid == bindparam("p_uid"))
 _SELECT_INSTANCE = select(
     _INSTANCES.c.id, _INSTANCES.c.series_id, _INSTANCES.c.study_id, _INSTANCES.c.spool_path,

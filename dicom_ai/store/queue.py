@@ -57,7 +57,8 @@ class JobQueue:
         with self.database.write_session() as session:
             mark_quiet_studies_stable(session, now, timedelta(seconds=self.settings.stable_after_seconds))
             created = []
-            for study in session.scalars(select(Study).where(Study.state == StudyState.STABLE).order_by(Study.id)):
+            stable = select(Study).where(Study.state == StudyState.STABLE).order_by(Study.id)
+            for study in session.scalars(stable.with_for_update(skip_locked=True)):
                 job = self._queue_job(session, study, now, trigger="stable")
                 if job is not None:
                     created.append(job.id)
@@ -280,7 +281,9 @@ class JobQueue:
 def next_due_job(now: datetime) -> Select[tuple[int]]:
     """The oldest due queued job; PostgreSQL skips rows other claimers have locked, SQLite has no row locks and
     serialises writers instead (BEGIN IMMEDIATE)."""
-    return (select(Job.id)
+    # Locks the study row too (FOR UPDATE covers every joined table): a claim never waits on any lock, so it
+    # cannot deadlock with a listener thread that holds the study while recording an instance.
+    return (select(Job.id).join(Study, Job.study_id == Study.id)
             .where(Job.state == JobState.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now))
             .order_by(Job.id).limit(1)
             .with_for_update(skip_locked=True))

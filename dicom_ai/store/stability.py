@@ -30,7 +30,7 @@ def mark_quiet_studies_stable(session: Session, now: datetime, quiet_period: tim
     """Move every receiving study that has been quiet for `quiet_period` to `stable`; return them."""
     quiet = list(session.scalars(
         select(Study).where(Study.state == StudyState.RECEIVING, Study.last_received_at <= now - quiet_period)
-        .order_by(Study.last_received_at)
+        .order_by(Study.last_received_at).with_for_update(skip_locked=True)
     ))
     for study in quiet:
         mark_stable(session, study, reason=f"no new instance for {quiet_period.total_seconds():g} s")

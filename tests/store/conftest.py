@@ -1,12 +1,20 @@
-"""Shared fixtures for the store tests: a migrated SQLite audit database in a temp dir and instance factories."""
+"""Shared fixtures for the store tests: migrated audit databases (SQLite; PostgreSQL when its server is installed)
+and instance factories."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from dicom_ai.store.database import Database
 from dicom_ai.store.records import ReceivedInstance
@@ -40,3 +48,53 @@ def make_instance(study: str = "1.2.826.0.1.1", series: str | None = None, sop: 
 @pytest.fixture()
 def instance_factory() -> Callable[..., ReceivedInstance]:
     return make_instance
+
+
+_INITDB = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """A throw-away PostgreSQL server of our own (Debian's binaries, a free port, trust auth); yields its base URL."""
+    if not _INITDB or importlib.util.find_spec("psycopg") is None:
+        pytest.skip("PostgreSQL server binaries (apt postgresql) or psycopg are not installed")
+    bin_dir = _INITDB[-1].parent
+    root = Path(tempfile.mkdtemp(prefix="dicom-ai-pg-"))
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        shutil.chown(root, "postgres")
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = root / "data"
+
+    def run(*command: str) -> None:
+        subprocess.run([*as_postgres, *command], check=True, capture_output=True, timeout=60)
+
+    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "node", "-E", "UTF8", "--no-sync")
+    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
+        "-o", f"-p {port} -k {root} -h 127.0.0.1 -F", "start")
+    try:
+        yield f"postgresql+psycopg://node@127.0.0.1:{port}"
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def fresh_postgres_database(server: str) -> str:
+    name = f"audit_{next(_databases)}"
+    engine = create_engine(f"{server}/postgres", isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return f"{server}/{name}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
+def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty audit database on each supported backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'audit.sqlite'}"
+    return fresh_postgres_database(request.getfixturevalue("postgres_server"))

@@ -119,7 +119,9 @@ def test_event_log_is_append_only(database: Database) -> None:
             session.scalars(select(Event)).one().kind = "changed"
 
 
-def test_concurrent_writers_never_lose_or_duplicate(database: Database, instance_factory: Factory) -> None:
+def test_concurrent_writers_never_lose_or_duplicate(backend_url: str, instance_factory: Factory) -> None:
+    """Four listener threads storing one new study at once (on PostgreSQL they race to create its rows)."""
+    database = Database(backend_url)
     metas = [instance_factory(study="1.2.7", series=f"1.2.7.{i % 3}") for i in range(60)]
     errors: list[BaseException] = []
 
@@ -139,6 +141,7 @@ def test_concurrent_writers_never_lose_or_duplicate(database: Database, instance
     with database.session() as session:
         assert session.scalar(select(Study.instance_count)) == 60
         assert sorted(s.instance_count for s in session.scalars(select(Series))) == [20, 20, 20]
+    database.close()
 
 
 def test_migrations_render_for_postgresql(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import json
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,14 @@ class Clock:
 @pytest.fixture()
 def clock() -> Clock:
     return Clock()
+
+
+@pytest.fixture()
+def database(backend_url: str) -> Iterator[Database]:
+    """Overrides the SQLite-only fixture: every queue test runs on SQLite and on PostgreSQL."""
+    db = Database(backend_url)
+    yield db
+    db.close()
 
 
 def make_queue(database: Database, clock: Clock, **overrides: float) -> JobQueue:
@@ -172,10 +180,10 @@ def _events(database: Database, kind: str) -> list[Event]:
         return list(session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)))
 
 
-def test_expired_lease_is_reclaimed_and_run_by_another_worker(tmp_path: Path, instance_factory: Factory,
+def test_expired_lease_is_reclaimed_and_run_by_another_worker(backend_url: str, instance_factory: Factory,
                                                               clock: Clock) -> None:
     # Two Database objects = two connection pools, as two node processes would have.
-    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    url = backend_url
     db_a, db_b = Database(url), Database(url)
     node_a, node_b = make_queue(db_a, clock), make_queue(db_b, clock)
     job_id = stable_job(db_a, node_a, instance_factory, clock)
@@ -212,8 +220,8 @@ def test_expired_leases_count_towards_max_attempts(database: Database, instance_
     assert job_row(database, job_id).state == JobState.FAILED
 
 
-def test_concurrent_claimers_never_share_a_job(tmp_path: Path, instance_factory: Factory, clock: Clock) -> None:
-    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+def test_concurrent_claimers_never_share_a_job(backend_url: str, instance_factory: Factory, clock: Clock) -> None:
+    url = backend_url
     setup = Database(url)
     producer = make_queue(setup, clock)
     for n in range(12):
@@ -339,9 +347,9 @@ def _drain_in_process(url: str, name: str, results: Any) -> None:
     database.close()
 
 
-def test_worker_processes_share_the_queue_without_double_claims(tmp_path: Path,
+def test_worker_processes_share_the_queue_without_double_claims(backend_url: str,
                                                                instance_factory: Factory) -> None:
-    url = f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    url = backend_url
     database = Database(url)
     producer = JobQueue(database, QueueSettings(stable_after_seconds=0.01))
     for n in range(40):
