@@ -230,7 +230,10 @@ class JobQueue:
     # -- operator requests -------------------------------------------------------------------------------------
 
     def retry(self, job_id: int | None = None, study_uid: str | None = None, all_failed: bool = False) -> list[int]:
-        """Re-queue failed jobs (one by id, the latest of one study, or all); attempts start again from zero."""
+        """Re-queue failed jobs (one by id, the latest of one study, or all); attempts start again from zero.
+
+        For a study that is done, `study_uid` queues a new analysis instead.
+        """
         if sum((job_id is not None, study_uid is not None, all_failed)) != 1:
             raise QueueRequestRefused("name exactly one of: a job id, --study UID, --all-failed")
         now = self._clock()
@@ -246,6 +249,10 @@ class JobQueue:
                     raise QueueRequestRefused(f"no study {study_uid} has been received")
                 if not study.jobs:
                     raise QueueRequestRefused(f"study {study_uid} has no job yet (state {study.state})")
+                if study.state == StudyState.DONE and study.jobs[-1].state != JobState.FAILED:
+                    # Analysed already (e.g. before new models were installed): the operator asks for a new run.
+                    job = self._queue_job(session, study, now, trigger="operator")
+                    return [job.id] if job is not None else []
                 jobs = [study.jobs[-1]]
             else:
                 # Only each study's latest job: an older failure that a later job superseded stays history.

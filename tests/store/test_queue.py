@@ -168,6 +168,13 @@ def test_retry_requeues_a_failed_job_with_fresh_attempts(database: Database, que
     queue.complete(job_id, "w2")
     with pytest.raises(QueueRequestRefused, match="only failed jobs"):
         queue.retry(job_id=job_id)
+    (reanalysis,) = queue.retry(study_uid=STUDY)  # a done study: the operator asks for a new analysis
+    assert reanalysis != job_id and job_row(database, reanalysis).trigger == "operator"
+    with pytest.raises(QueueRequestRefused, match="is queued"):
+        queue.retry(study_uid=STUDY)
+    claim = queue.claim("w2")
+    assert claim is not None
+    queue.complete(claim.job_id, "w2")
     with pytest.raises(QueueRequestRefused, match="no job 999"):
         queue.retry(job_id=999)
     assert queue.retry(all_failed=True) == []
