@@ -30,17 +30,21 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pynetdicom.events import Event
+from sqlalchemy import bindparam, select
 
 from dicom_ai import __version__
 from dicom_ai.config import StorageSettings
 from dicom_ai.receive.header import UnreadableDataset, read_header
 from dicom_ai.receive.server import AssociationSession
 from dicom_ai.store.database import Database
+from dicom_ai.store.models import Instance
 from dicom_ai.store.records import ReceivedInstance
 from dicom_ai.store.spool import Spool, SpoolError, SpoolFull
 from dicom_ai.uids import InvalidUID, is_valid_uid, require_uid
 
 log = logging.getLogger(__name__)
+
+_STORED_PATH = select(Instance.spool_path).where(Instance.sop_instance_uid == bindparam("uid"))
 
 # Implementation Class UID (0002,0012) of files we write and associations we negotiate: a UUID-derived UID
 # (PS3.5 §B.2), fixed for the project.
@@ -122,7 +126,7 @@ class InstanceReceiver:
                              str(event.request.AffectedSOPInstanceUID or ""))
 
         try:
-            previous = self.database.find_instance(identity.sop_instance_uid)
+            previous = self._stored_path(identity.sop_instance_uid)
         except Exception as exc:
             log.exception("audit database unavailable")
             raise Refused(StoreStatus.OUT_OF_RESOURCES, f"audit database unavailable: {exc}") from None
@@ -130,11 +134,11 @@ class InstanceReceiver:
             self.database.record_event("instance.duplicate_ignored", study_uid=identity.study_uid,
                                        series_uid=identity.series_uid, sop_instance_uid=identity.sop_instance_uid,
                                        association_id=session.association_id if session else None,
-                                       detail={"kept": previous.spool_path, "policy": "keep-first"})
+                                       detail={"kept": str(previous), "policy": "keep-first"})
             return StoreStatus.SUCCESS
         if previous is not None and self.duplicate_policy == "reject":
             raise Refused(StoreStatus.DUPLICATE_REJECTED,
-                          f"SOP Instance UID already received ({previous.spool_path}); duplicate_policy = reject")
+                          "SOP Instance UID already received; storage.duplicate_policy = reject")
 
         calling_ae = session.calling_ae if session else ""
         try:
@@ -151,12 +155,19 @@ class InstanceReceiver:
             self.database.record_instance(session.association_id if session else None, received)
         except Exception as exc:
             log.exception("cannot record instance %s", identity.sop_instance_uid)
-            if previous is None or Path(previous.spool_path) != stored.path:
+            if previous != stored.path:
                 self.spool.remove(stored.path)  # not recorded -> not received; the sender will retry
             raise Refused(StoreStatus.OUT_OF_RESOURCES, f"audit database refused the row: {exc}") from None
-        if previous is not None and Path(previous.spool_path) != stored.path:
-            self.spool.remove(Path(previous.spool_path))
+        if previous is not None and previous != stored.path:
+            self.spool.remove(previous)
         return StoreStatus.SUCCESS
+
+    def _stored_path(self, sop_instance_uid: str) -> Path | None:
+        """Where an instance with this SOP Instance UID is already spooled, if it is (one indexed lookup: this
+        runs for every C-STORE, and `Database.find_instance` builds a full `InstanceInfo` with two joins)."""
+        with self.database.engine.connect() as connection:
+            path = connection.execute(_STORED_PATH, {"uid": sop_instance_uid}).scalar()
+        return None if path is None else Path(path)
 
     def _own_output(self, header: Dataset) -> bool:
         if self.is_own_output is None:

@@ -29,6 +29,7 @@ from pynetdicom.utils import make_target
 
 from dicom_ai.receive.access import AccessPolicy
 from dicom_ai.receive.contexts import contexts_for_request
+from dicom_ai.receive.reactors import WaitingDUL, run_acceptor_reactor
 from dicom_ai.store.database import Database
 from dicom_ai.store.records import AssociationOutcome
 
@@ -99,6 +100,12 @@ class NodeAssociation(Association):
         self.tls = tls
         self.session: AssociationSession | None = None
         self.acse = NodeACSE(self)
+        self.dul = WaitingDUL(self)
+        # The timeouts live partly in the DUL's timers: apply them to the replacement DUL.
+        self.acse_timeout, self.network_timeout = ae.acse_timeout, ae.network_timeout
+
+    def _run_reactor(self) -> None:
+        run_acceptor_reactor(self)
 
     def record_rejection(self, calling_ae: str, called_ae: str, reason: str) -> None:
         self.gate.database.record_rejected_association(calling_ae, self.peer_host, self.peer_port, called_ae,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 import uuid
 from dataclasses import dataclass
 from io import BytesIO
@@ -45,7 +46,41 @@ class StoredFile:
 
 
 def encode_file_meta(file_meta: FileMetaDataset) -> bytes:
-    """Preamble, 'DICM' prefix and the File Meta Information group (PS3.10 §7.1), as written before the dataset."""
+    """Preamble, 'DICM' prefix and the File Meta Information group (PS3.10 §7.1), as written before the dataset.
+
+    Encoded directly (explicit VR little endian, group length first, version 00\\01 added when missing): the group
+    holds only UI, SH, AE and OB elements, and pydicom's general writer costs ~0.4 ms per file.
+    """
+    elements: list[bytes] = []
+    tags = {int(element.tag) for element in file_meta}
+    if 0x00020001 not in tags:
+        elements.append(_encode_meta_element(0x00020001, "OB", b"\x00\x01"))
+    for element in sorted(file_meta, key=lambda e: int(e.tag)):
+        if int(element.tag) == 0x00020000:
+            continue  # recomputed below
+        if element.VR not in _META_PADDING and element.VR != "OB":
+            return _encode_file_meta_with_pydicom(file_meta)
+        value = element.value
+        raw = value if isinstance(value, bytes) else str(value).encode("ascii")
+        elements.append(_encode_meta_element(int(element.tag), element.VR, raw))
+    body = b"".join(elements)
+    group_length = _encode_meta_element(0x00020000, "UL", struct.pack("<I", len(body)))
+    return PREAMBLE + group_length + body
+
+
+_META_PADDING = {"UI": b"\x00", "SH": b" ", "AE": b" ", "UL": b""}
+
+
+def _encode_meta_element(tag: int, vr: str, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += _META_PADDING.get(vr, b"\x00")
+    group, number = tag >> 16, tag & 0xFFFF
+    if vr == "OB":
+        return struct.pack("<HH2sHI", group, number, b"OB", 0, len(value)) + value
+    return struct.pack("<HH2sH", group, number, vr.encode("ascii"), len(value)) + value
+
+
+def _encode_file_meta_with_pydicom(file_meta: FileMetaDataset) -> bytes:
     buffer = BytesIO()
     buffer.write(PREAMBLE)
     write_file_meta_info(buffer, file_meta, enforce_standard=True)  # type: ignore[arg-type]

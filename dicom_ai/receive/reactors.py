@@ -1,0 +1,169 @@
+"""Event-driven waits for pynetdicom's two polling loops (measured: they cost ~2 ms of pure latency per C-STORE).
+
+pynetdicom 3.0 runs two threads per association that poll with `time.sleep(0.001)`:
+- the DUL reactor sleeps 1 ms whenever it found nothing to do, so the next PDU from the peer and the response
+  we queue both wait for the end of that sleep;
+- the association reactor sleeps 1 ms before each look at the DIMSE message queue.
+
+Here the DUL waits in `select()` on its socket *and* a wake-up pipe written whenever a primitive is queued for
+sending, and the association reactor waits on the message queue itself; both still wake at least every 1 ms, so
+timers, release and abort are checked as often as before. The loops are pynetdicom 3.0.4's (MIT licence) with
+only those waits changed; pyproject pins pynetdicom < 3.1.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import ssl
+from typing import Any
+
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+
+import logging
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_SECONDS = 0.001  # the cadence pynetdicom polls at; kept for timers, release and abort checks
+
+
+class _WakingQueue(queue.Queue[Any]):
+    """The DUL's to-provider queue: putting a primitive wakes the DUL thread out of its wait."""
+
+    def __init__(self, wake_fd: int) -> None:
+        super().__init__()
+        self._wake_fd = wake_fd
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        try:
+            os.write(self._wake_fd, b"\0")
+        except (BlockingIOError, OSError):  # pipe full (already awake) or closed (association over)
+            pass
+
+
+class WaitingDUL(DULServiceProvider):
+    """A DUL service provider whose idle wait ends as soon as the peer sends or we queue something."""
+
+    def __init__(self, assoc: Any) -> None:
+        super().__init__(assoc)
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self.to_provider_queue = _WakingQueue(self._wake_write)
+
+    def _wait_for_work(self, timeout: float) -> None:
+        sock = self.socket.socket if self.socket is not None else None
+        if sock is None or sock.fileno() < 0:
+            select.select([self._wake_read], [], [], timeout)
+        elif isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return
+        else:
+            try:
+                select.select([sock, self._wake_read], [], [], timeout)
+            except (OSError, ValueError):  # socket closed under us: the loop notices on its next pass
+                return
+        try:
+            while os.read(self._wake_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def run_reactor(self) -> None:
+        try:
+            self._run_reactor()
+        finally:
+            for descriptor in (self._wake_read, self._wake_write):
+                try:
+                    os.close(descriptor)
+                except OSError:
+                    pass
+
+    def _run_reactor(self) -> None:
+        # pynetdicom 3.0.4 DULServiceProvider.run_reactor, with `time.sleep(self._run_loop_delay)` replaced by
+        # `self._wait_for_work(...)`.
+        self._idle_timer.start()
+        sleep = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                sleep = True
+            if sleep:
+                self._wait_for_work(IDLE_WAIT_SECONDS)
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                log.error("Exception in the DUL reactor, aborting association: %s", exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                if self.socket is not None:
+                    self.socket.send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                sleep = True
+                continue
+            self.state_machine.do_action(event)
+            sleep = False
+
+
+def run_acceptor_reactor(assoc: Any) -> None:
+    """pynetdicom 3.0.4 `Association._run_reactor` (acceptor loop), waiting on the DIMSE message queue instead of
+    sleeping 1 ms before each non-blocking look at it."""
+    from pynetdicom import evt  # local: keeps this module's import light for the DUL class alone
+
+    assoc._is_paused = False
+    while not assoc._kill:
+        assoc._is_paused = True
+        assoc._reactor_checkpoint.wait()
+        assoc._is_paused = False
+        try:
+            context_id, msg = assoc.dimse.msg_queue.get(timeout=IDLE_WAIT_SECONDS)
+        except queue.Empty:
+            context_id, msg = None, None
+        if msg:
+            assoc._serve_request(msg, context_id)
+        if assoc.is_established and assoc.acse.is_release_requested():
+            assoc.acse.send_release(is_response=True)
+            log.debug("Association Released")
+            assoc.is_released = True
+            assoc.is_established = False
+            evt.trigger(assoc, evt.EVT_RELEASED, {})
+            assoc.kill()
+            return
+        if assoc.acse.is_aborted():
+            assoc.dul.receive_pdu(wait=False)
+            assoc.is_aborted = True
+            assoc.is_established = False
+            evt.trigger(assoc, evt.EVT_ABORTED, {})
+            assoc.kill()
+            return
+        if not assoc.dul.is_alive():
+            assoc.kill()
+            return
+        if assoc.dul.idle_timer_expired():
+            log.error("Network timeout reached (node.network_timeout)")
+            if assoc.network_timeout_response == "A-RELEASE":
+                assoc._is_paused = True
+                assoc._reactor_checkpoint.wait()
+                assoc.release()
+                assoc._is_paused = False
+            else:
+                assoc.abort()
+            assoc.kill()
+            return
