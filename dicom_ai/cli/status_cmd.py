@@ -211,12 +211,16 @@ def _print_trail(trail: StudyTrail) -> None:
 
 @app.command("retry")
 def retry(job_id: Annotated[Optional[int], typer.Argument(help="The failed job to re-queue.")] = None,
-          study: Annotated[Optional[str], typer.Option("--study", help="Re-queue this study's failed job.")] = None,
+          study: Annotated[Optional[str], typer.Option(
+              "--study", help="Re-queue this study's failed job, or analyse a done study again.")] = None,
           all_failed: Annotated[bool, typer.Option("--all-failed", help="Re-queue every failed job.")] = False,
           outbox: Annotated[bool, typer.Option("--outbox", help="Re-send dead-lettered results instead (all, or "
                                                                 "--study UID's).")] = False,
           config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
-    """Re-queue failed jobs; a running node picks them up (attempts start again from zero)."""
+    """Re-queue failed jobs (attempts start again from zero), or re-analyse a done study with --study.
+
+    A running node picks them up at once.
+    """
     settings, database = _open(config, data_dir)
     if outbox:  # the send stage's dead letters (see dicom_ai/cli/outbox_view.py)
         try:
