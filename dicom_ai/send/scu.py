@@ -46,7 +46,7 @@ def resolve_node(settings: Settings, text: str, *, tls: bool = False) -> Destina
         node = KnownNode(ae_title=match["ae"], host=match["host"].strip("[]"), port=int(match["port"]), tls=tls)
     except ValueError as exc:
         raise UnknownNode(f"{text!r}: {exc}") from None
-    return Destination(text, node)
+    return Destination(node.ae_title, node)
 
 
 def tls_context_for(settings: Settings, destination: Destination) -> ssl.SSLContext | None:
