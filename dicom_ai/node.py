@@ -20,7 +20,7 @@ from dicom_ai.store.node_runs import heartbeat_node_run, start_node_run, stop_no
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.spool import Spool
 from dicom_ai.store.stability import StabilityMonitor
-from dicom_ai.worker import StudyHandler, Worker, build_study_handler, models_status
+from dicom_ai.worker import StudyHandler, Worker, build_study_handler, is_dead_local_worker, models_status
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,10 @@ class Node:
         log.info("node %s ready on %s:%d%s; spool and database in %s", settings.node.ae_title, bind, port,
                  " (DICOM TLS)" if settings.tls.enabled else "", settings.storage.data_dir)
 
+        if self.database.engine.url.get_backend_name() == "sqlite":
+            # Every process using a SQLite file runs on this host, so a job held by a worker process that no longer
+            # exists (the node was killed) can run again at once instead of after its lease (queue.lease_seconds).
+            queue.reclaim_orphans(is_dead_local_worker)
         run_id, database = self._run_id, self.database
         self.monitor = StabilityMonitor(queue, on_tick=lambda: heartbeat_node_run(database, run_id))
         self.monitor.start()

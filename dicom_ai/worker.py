@@ -114,7 +114,30 @@ def models_status(settings: Settings) -> dict[str, Any]:
 
 
 def default_worker_name() -> str:
+    """`host:pid`; worker threads append `:w<index>`, so a job's holder names its machine and process."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_dead_local_worker(worker_id: str) -> bool:
+    """True when `worker_id` names a worker process of this host that no longer exists.
+
+    This process itself counts as dead: call it at start-up, before this process's workers claim anything (a
+    restarted container often gets the pid its previous run had). Another host's worker is never judged here.
+    """
+    host, _, rest = worker_id.partition(":")
+    pid_text = rest.split(":", 1)[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # exists, owned by someone else
+        return False
+    return False
 
 
 @dataclass

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +20,7 @@ from dicom_ai.store.database import Database
 from dicom_ai.store.models import Event, Job
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.records import JobState, ReceivedInstance
-from dicom_ai.worker import StudyJob, Worker, build_study_handler, load_handler
+from dicom_ai.worker import StudyJob, Worker, build_study_handler, is_dead_local_worker, load_handler
 
 STUDY = "1.2.826.0.2.1"
 
@@ -185,3 +189,14 @@ def test_handler_hook_loads_a_dotted_path_and_names_the_key_on_error() -> None:
         load_handler("tests.store.handlers:no_such_handler")
     with pytest.raises(ConfigError, match="queue.handler"):
         load_handler("no_such_module_xyz:handler")
+
+
+def test_dead_local_worker_is_recognised_by_its_process() -> None:
+    host = socket.gethostname()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True)
+    assert is_dead_local_worker(f"{host}:{finished.stdout.strip()}:w0")
+    assert is_dead_local_worker(f"{host}:{os.getpid()}:w0")  # at start-up this process holds nothing yet
+    assert not is_dead_local_worker(f"{host}:{os.getppid()}:w0")  # alive
+    assert not is_dead_local_worker(f"another-host:{finished.stdout.strip()}:w0")
+    assert not is_dead_local_worker("custom-worker-name")

@@ -194,6 +194,20 @@ class JobQueue:
                                   f"(crashed or killed) during attempt {job.attempts}")
             return [job.id for job in expired]
 
+    def reclaim_orphans(self, is_orphan: Callable[[str], bool]) -> list[int]:
+        """Running jobs whose holder is known to be gone (`is_orphan(worker_id)`): re-queue them now, counting a
+        failed attempt, instead of waiting for their lease to run out."""
+        with self.database.write_session() as session:
+            running = session.scalars(select(Job).where(Job.state == JobState.RUNNING).order_by(Job.id)
+                                      .with_for_update(skip_locked=True))
+            orphans = [job for job in running if job.worker_id and is_orphan(job.worker_id)]
+            for job in orphans:
+                log.warning("job %d: worker %s is gone; reclaiming it now", job.id, job.worker_id)
+                self._end_failed_attempt(
+                    session, job, f"worker {job.worker_id} is gone (its process ended: crashed or killed) "
+                                  f"during attempt {job.attempts}")
+            return [job.id for job in orphans]
+
     def _held(self, session: Session, job_id: int, worker_id: str) -> Job:
         job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
         if job is None or job.state != JobState.RUNNING or job.worker_id != worker_id:

@@ -400,3 +400,14 @@ def test_retry_all_failed_leaves_superseded_failures_alone(database: Database, q
     queue.complete(new, "w1")
     assert queue.retry(all_failed=True) == []
     assert job_row(database, old).state == JobState.FAILED
+
+
+def test_jobs_of_a_vanished_worker_are_reclaimed_without_waiting_for_the_lease(
+        database: Database, queue: JobQueue, instance_factory: Factory, clock: Clock) -> None:
+    job_id = stable_job(database, queue, instance_factory, clock)
+    queue.claim("old-host:4242:w0")
+    assert queue.reclaim_orphans(lambda worker: worker.startswith("other-host:")) == []
+    assert queue.reclaim_orphans(lambda worker: worker.startswith("old-host:4242:")) == [job_id]
+    row = job_row(database, job_id)
+    assert (row.state, row.attempts) == (JobState.QUEUED, 1) and "is gone" in row.last_error
+    assert study_state(database) == StudyState.QUEUED
