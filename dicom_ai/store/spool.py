@@ -12,6 +12,8 @@ import errno
 import os
 import struct
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -101,29 +103,42 @@ class Spool:
 
     def write(self, study_uid: str, series_uid: str, sop_instance_uid: str, file_meta: FileMetaDataset,
               dataset_bytes: bytes | memoryview | Path) -> StoredFile:
-        """Write file meta + `dataset_bytes` (the dataset exactly as received, or a file holding it) atomically.
+        """Write file meta + `dataset_bytes` (the dataset exactly as received, or a file holding it) atomically and
+        durably: temporary file, fsync, rename, fsync of the directory.
 
         Replaces an existing file of the same instance atomically. Raises `InvalidUID` before touching the disk,
         `SpoolFull` when the file system is full, `SpoolWriteError` for any other I/O failure; on error no
         temporary file remains.
         """
         final = self.path_for(study_uid, series_uid, sop_instance_uid)
-        header = encode_file_meta(file_meta)
+        with self._failures_mapped(final):
+            stored, created = self._write_and_rename(final, file_meta, dataset_bytes)
+            for directory in [final.parent, *(created_dir.parent for created_dir in created)]:
+                _fsync_dir(directory)
+        return stored
+
+    def _write_and_rename(self, final: Path, file_meta: FileMetaDataset,
+                          dataset_bytes: bytes | memoryview | Path) -> tuple[StoredFile, list[Path]]:
+        """Temporary file (fsynced), renamed to `final`; returns it and the directories created for it."""
         temporary = self.incoming / f"{uuid.uuid4().hex}.part"
         try:
             self._ensure_dir(self.incoming)
-            size = self._write_synced(temporary, header, dataset_bytes)
+            size = _write_synced(temporary, encode_file_meta(file_meta), dataset_bytes)
             created = self._ensure_dir(final.parent)
             os.replace(temporary, final)
-            _fsync_dir(final.parent)
-            for directory in created:  # a new directory's entry lives in its parent
-                _fsync_dir(directory.parent)
-        except OSError as exc:
+        except OSError:
             _unlink_quietly(temporary)
+            raise
+        return StoredFile(final, size), created
+
+    @contextmanager
+    def _failures_mapped(self, final: Path) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
             if exc.errno in _NO_SPACE:
                 raise SpoolFull(exc.errno, f"spool {self.root} is full: {exc.strerror}") from exc
             raise SpoolWriteError(exc.errno, f"cannot write {final}: {exc.strerror or exc}") from exc
-        return StoredFile(final, size)
 
     def remove(self, path: Path) -> None:
         """Delete a spooled file (e.g. the previous copy of a replaced instance); only paths inside the spool."""
@@ -155,21 +170,20 @@ class Spool:
                 pass
         return created
 
-    @staticmethod
-    def _write_synced(path: Path, header: bytes, dataset_bytes: bytes | memoryview | Path) -> int:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            size = _write_all(descriptor, header)
-            if isinstance(dataset_bytes, Path):
-                with dataset_bytes.open("rb") as source:
-                    while chunk := source.read(_COPY_CHUNK):
-                        size += _write_all(descriptor, chunk)
-            else:
-                size += _write_all(descriptor, dataset_bytes)
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        return size
+def _write_synced(path: Path, header: bytes, dataset_bytes: bytes | memoryview | Path) -> int:
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        size = _write_all(descriptor, header)
+        if isinstance(dataset_bytes, Path):
+            with dataset_bytes.open("rb") as source:
+                while chunk := source.read(_COPY_CHUNK):
+                    size += _write_all(descriptor, chunk)
+        else:
+            size += _write_all(descriptor, dataset_bytes)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return size
 
 
 def _write_all(descriptor: int, data: bytes | memoryview) -> int:
