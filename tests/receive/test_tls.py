@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
@@ -50,13 +51,17 @@ def _wait_for_rejections(node: RunningNode, count: int, timeout: float = 8) -> l
         time.sleep(0.05)
 
 
+def _echoscu_tls(node: RunningNode, client: Certificates, trusted_ca: Path) -> subprocess.CompletedProcess[str]:
+    """dcmtk echoscu over TLS presenting `client`'s client certificate and trusting `trusted_ca`."""
+    return run_tool(require_tool("echoscu"), "+tls", str(client.client_key), str(client.client_cert),
+                    "+cf", str(trusted_ca), "-aet", "MODALITY", "-aec", "DICOM_AI", "127.0.0.1", str(node.port))
+
+
 def test_echoscu_with_a_client_certificate_of_our_ca_is_accepted(
         start_node: NodeFactory, pki: tuple[Certificates, Certificates]) -> None:
-    echoscu = require_tool("echoscu")
     ours, _ = pki
     node = _tls_node(start_node, ours)
-    result = run_tool(echoscu, "+tls", str(ours.client_key), str(ours.client_cert), "+cf", str(ours.ca),
-                      "-aet", "MODALITY", "-aec", "DICOM_AI", "127.0.0.1", str(node.port))
+    result = _echoscu_tls(node, ours, ours.ca)
     assert result.returncode == 0, result.stdout + result.stderr
     deadline = time.monotonic() + 5
     while not [row for row in node.associations() if row.outcome == "released"]:
@@ -67,15 +72,12 @@ def test_echoscu_with_a_client_certificate_of_our_ca_is_accepted(
 
 def test_client_certificate_of_another_ca_is_refused_and_audited(
         start_node: NodeFactory, pki: tuple[Certificates, Certificates]) -> None:
-    echoscu = require_tool("echoscu")
     ours, other = pki
     node = _tls_node(start_node, ours)
-    result = run_tool(echoscu, "+tls", str(other.client_key), str(other.client_cert), "+cf", str(ours.ca),
-                      "-aet", "MODALITY", "-aec", "DICOM_AI", "127.0.0.1", str(node.port))
-    assert result.returncode != 0
+    assert _echoscu_tls(node, other, ours.ca).returncode != 0
     reasons = _wait_for_rejections(node, 1)
     assert len(reasons) == 1 and reasons[0].startswith("TLS handshake failed"), reasons
-    plain = run_tool(echoscu, "-aet", "MODALITY", "-aec", "DICOM_AI", "127.0.0.1", str(node.port))
+    plain = run_tool(require_tool("echoscu"), "-aet", "MODALITY", "-aec", "DICOM_AI", "127.0.0.1", str(node.port))
     assert plain.returncode != 0, "a plain (non-TLS) association must not be accepted on a TLS port"
     assert node.instances() == []
 
