@@ -235,3 +235,20 @@ def test_stop_aborts_associations_that_do_not_finish(start_node: NodeFactory) ->
     assert row.outcome == "aborted"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", node.port), timeout=1).close()
+
+
+def test_associations_beyond_the_limit_are_rejected_transiently_and_audited(start_node: NodeFactory) -> None:
+    echoscu = require_tool("echoscu")
+    node = start_node(node={"max_associations": 1})
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(Verification)
+    holder = ae.associate("127.0.0.1", node.port, ae_title="DICOM_AI")
+    assert holder.is_established
+    try:
+        refused = run_tool(echoscu, "-v", "-aet", "SECOND", "-aec", "DICOM_AI", "127.0.0.1", str(node.port))
+    finally:
+        holder.release()
+    assert refused.returncode != 0 and "Rejected Transient" in refused.stdout + refused.stderr
+    [row] = [row for row in node.associations() if row.outcome == "rejected"]
+    assert row.peer_ae == "SECOND" and "maximum number of associations" in row.reason
+    assert run_tool(echoscu, "-aet", "THIRD", "-aec", "DICOM_AI", "127.0.0.1", str(node.port)).returncode == 0
