@@ -24,7 +24,7 @@ class Clock:
         self.now += timedelta(seconds=seconds)
 
 
-def result_dataset(sop_uid: str, study_uid: str = STUDY, *, value: int = 7) -> Dataset:
+def result_dataset(sop_uid: str, study_uid: str = STUDY, *, value: int = 7, series_uid: str | None = None) -> Dataset:
     """A small, complete Secondary Capture image: the kind of object (a key image) the node sends."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
@@ -32,7 +32,7 @@ def result_dataset(sop_uid: str, study_uid: str = STUDY, *, value: int = 7) -> D
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = sop_uid
     ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = f"{study_uid}.99"
+    ds.SeriesInstanceUID = series_uid or f"{study_uid}.99"
     ds.PatientName = "Test^Send"
     ds.PatientID = "SEND-1"
     ds.StudyDate = "20260101"
