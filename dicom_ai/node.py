@@ -48,7 +48,8 @@ class Node:
             self.database = open_database(settings.storage)
         except DatabaseError as exc:
             raise ConfigError(f"storage.database_url: {exc}") from None
-        handler = self._handler or build_study_handler(settings, self.database)
+        self.sender = ResultSender(settings, self.database)  # the send stage: outbox + dispatcher thread
+        handler = self._handler or build_study_handler(settings, self.database, self.sender)
         queue = JobQueue(self.database, settings.queue)
 
         self.listener = Listener(settings, self.database, Spool(settings.storage.spool_dir))
@@ -68,7 +69,6 @@ class Node:
         run_id, database = self._run_id, self.database
         self.monitor = StabilityMonitor(queue, on_tick=lambda: heartbeat_node_run(database, run_id))
         self.monitor.start()
-        self.sender = ResultSender(settings, self.database)  # the send stage: outbox dispatcher thread
         self.sender.start()
         self.worker = Worker(queue, handler, threads=settings.queue.workers, stop_timeout=self._stop_timeout)
         self.worker.start()

@@ -15,11 +15,15 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 from dicom_ai.config import ConfigError, Settings
+from dicom_ai.pipeline.findings import StudyFindings
+from dicom_ai.send.sender import ResultSender
 from dicom_ai.store.database import Database
 from dicom_ai.store.queue import JobQueue, LeaseLost
 from dicom_ai.store.records import ClaimedJob, JobInstance
@@ -82,17 +86,40 @@ def load_handler(dotted_path: str) -> StudyHandler:
     return handler  # type: ignore[no-any-return]
 
 
-def build_study_handler(settings: Settings, database: Database) -> StudyHandler:
+def build_study_handler(settings: Settings, database: Database,
+                        sender: ResultSender | None = None) -> StudyHandler:
     """The job function run for every stable study: pipeline -> report -> send, each hop recorded via `job.record`.
 
+    `sender` is the node's running send stage (`dicom-ai serve` passes its own, so results go out at once); without
+    one, results are queued durably in the outbox and whichever node runs the dispatcher sends them.
     `queue.handler` replaces it with any importable callable (tests and extensions).
     """
     if settings.queue.handler:
         return load_handler(settings.queue.handler)
-    return _analyse_study_handler(settings, database)
+    return _analyse_study_handler(settings, database, sender or ResultSender(settings, database))
 
 
-def _analyse_study_handler(settings: Settings, database: Database) -> StudyHandler:
+def report_and_send(job: StudyJob, sources: Sequence[Dataset], findings: StudyFindings,
+                    sender: ResultSender) -> None:
+    """The last hops of a job: findings -> DICOM objects (report stage) -> the durable outbox (send stage).
+
+    Returns once every object is safely in the outbox (`send.queued` per object and destination, or a dead letter
+    with the reason when the sender is not in [nodes]); delivery itself is the dispatcher's (`send.stored`).
+    """
+    from dicom_ai.report import build_outputs  # type: ignore[attr-defined]  # the report stage (issue 5)
+
+    outputs = build_outputs(list(sources), findings)
+    job.record("report.built", {"objects": [{"sop_instance_uid": str(ds.SOPInstanceUID),
+                                             "sop_class_uid": str(ds.SOPClassUID),
+                                             "series_description": str(ds.get("SeriesDescription", ""))}
+                                            for ds in outputs]})
+    if not outputs:
+        return
+    submitted = sender.submit(outputs, study_uid=job.study_uid, calling_ae=job.calling_ae, job_id=job.job_id)
+    job.record("send.submitted", submitted.summary)
+
+
+def _analyse_study_handler(settings: Settings, database: Database, sender: ResultSender) -> StudyHandler:
     # The pipeline stage plugs in here (issue 3), then report and send. Until then, say so and fail visibly:
     # a job must never look done when nothing was analysed.
     def analyse(job: StudyJob) -> None:
