@@ -89,6 +89,11 @@ class OrthancNode:
         response.raise_for_status()
         return response.json()
 
+    def get_bytes(self, path: str) -> bytes:
+        response = requests.get(f"{self.url}{path}", timeout=30)
+        response.raise_for_status()
+        return response.content
+
     def post(self, path: str, body: Any) -> Any:
         response = requests.post(f"{self.url}{path}", data=body if isinstance(body, bytes) else json.dumps(body),
                                  timeout=120)
