@@ -1,0 +1,200 @@
+"""Train and test one ultralytics YOLO detector from a generated dataset description, fully offline.
+
+Ultralytics is imported only inside these functions (after `prepare_ultralytics`), so the rest of the training
+package imports without it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dicom_ai.train.datasets import BoxedImage
+from dicom_ai.train.loop import write_json
+from dicom_ai.train.metrics import match_boxes
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Everything that decides a detector run; written next to its results."""
+
+    name: str
+    model_yaml: str
+    class_names: list[str]
+    imgsz: int = 640
+    max_epochs: int = 100
+    budget_seconds: float | None = None
+    batch_size: int = 32
+    workers: int = 4
+    patience: int = 30
+    seed: int = 0
+    cache: str = "ram"
+    fraction: float = 1.0
+    device: str = "auto"
+    conf_threshold: float = 0.25
+
+
+def prepare_ultralytics(config_dir: Path) -> None:
+    """Make ultralytics work with no network and without polars.
+
+    - `YOLO_OFFLINE=1` and a private `YOLO_CONFIG_DIR` holding matplotlib's DejaVuSans as the fonts it would
+      otherwise download (Arial.ttf, Arial.Unicode.ttf).
+    - The AMP self-test downloads a checkpoint: on CUDA we trust AMP (bf16/fp16 on a modern GPU) instead.
+    - `BaseTrainer.read_results_csv` needs polars (a 40 MB wheel); read the CSV with the standard library.
+    """
+    config_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(config_dir))
+    import matplotlib
+
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    target_dir = Path(os.environ["YOLO_CONFIG_DIR"])
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        if font.is_file() and not (target_dir / name).exists():
+            shutil.copyfile(font, target_dir / name)
+    import ultralytics.engine.trainer as trainer_module
+
+    def amp_without_download(model: Any) -> bool:
+        return next(model.parameters()).device.type == "cuda"
+
+    trainer_module.check_amp = amp_without_download  # type: ignore[attr-defined]
+
+    def read_results_csv(self: Any) -> dict[str, list[float]]:
+        import csv
+
+        try:
+            with open(self.csv, newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        except OSError:
+            return {}
+        return {key.strip(): [float(r[key]) for r in rows] for key in (rows[0] if rows else {})}
+
+    trainer_module.BaseTrainer.read_results_csv = read_results_csv  # type: ignore[method-assign]
+
+
+def write_dataset(out_dir: Path, splits: dict[str, Sequence[BoxedImage]], class_names: Sequence[str]) -> Path:
+    """Image lists per split and the ultralytics dataset YAML; labels are found via images/ -> labels/."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"path: {out_dir.resolve()}"]
+    for split, items in splits.items():
+        (out_dir / f"{split}.txt").write_text("".join(f"{item.path.resolve()}\n" for item in items))
+        lines.append(f"{split}: {split}.txt")
+    lines.append("names:")
+    lines += [f"  {i}: {name}" for i, name in enumerate(class_names)]
+    yaml_path = out_dir / "dataset.yaml"
+    yaml_path.write_text("\n".join(lines) + "\n")
+    return yaml_path
+
+
+def read_yolo_boxes(label_path: Path | None, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Classes (N,) and x1y1x2y2 pixel boxes (N, 4) of a YOLO label file; no file = no boxes."""
+    if label_path is None or not label_path.is_file():
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 4))
+    rows = [line.split() for line in label_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 4))
+    values = np.array([[float(v) for v in row[:5]] for row in rows])
+    xc, yc, w, h = values[:, 1] * width, values[:, 2] * height, values[:, 3] * width, values[:, 4] * height
+    return values[:, 0].astype(np.int64), np.stack([xc - w / 2, yc - h / 2, xc + w / 2, yc + h / 2], axis=1)
+
+
+def matched_box_statistics(model: Any, items: Sequence[BoxedImage], imgsz: int, conf: float,
+                           device: str) -> dict[str, Any]:
+    """Mean IoU of matched boxes (IoU >= 0.5) and an image-level confusion (any box vs any prediction)."""
+    ious: list[float] = []
+    image_confusion = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+    correct_class = 0
+    paths = [str(item.path) for item in items]
+    for item, result in zip(items, model.predict(paths, imgsz=imgsz, conf=conf, device=device, stream=True,
+                                                 verbose=False, batch=32), strict=True):
+        height, width = result.orig_shape
+        truth_cls, truth_boxes = read_yolo_boxes(item.label_path, width, height)
+        boxes = result.boxes.xyxy.cpu().numpy()
+        scores = result.boxes.conf.cpu().numpy()
+        classes = result.boxes.cls.cpu().numpy().astype(np.int64)
+        for i, j, iou in match_boxes(boxes, scores, truth_boxes, 0.5):
+            ious.append(iou)
+            correct_class += int(classes[i] == truth_cls[j])
+        outcome = {(True, True): "tp", (False, True): "fp", (True, False): "fn", (False, False): "tn"}
+        image_confusion[outcome[(len(truth_boxes) > 0, len(boxes) > 0)]] += 1
+    return {"matched_box_mean_iou": float(np.mean(ious)) if ious else 0.0, "matched_boxes": len(ious),
+            "matched_box_class_accuracy": correct_class / len(ious) if ious else 0.0,
+            "image_level_confusion": image_confusion, "conf_threshold": conf}
+
+
+def train_detector(
+    config: DetectorConfig,
+    splits: dict[str, Sequence[BoxedImage]],
+    build: Callable[[str, int], Any],
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train with ultralytics (val split for best.pt), then score best.pt on the test split.
+
+    Writes `out_dir/config.json`, the ultralytics run in `out_dir/run/` (results.csv, weights/best.pt, last.pt)
+    and `out_dir/metrics.json`; returns the metrics.
+    """
+    from ultralytics import YOLO
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "config.json", asdict(config))
+    yaml_path = write_dataset(out_dir / "dataset", splits, config.class_names)
+    device = config.device
+    if device == "auto":
+        import torch
+
+        device = "0" if torch.cuda.is_available() else "cpu"
+    run_dir = out_dir / "run"
+    last = run_dir / "weights" / "last.pt"
+    started = time.monotonic()
+    if resume and last.is_file():
+        progress(f"[{config.name}] resuming {last}")
+        model = YOLO(str(last))
+        model.train(resume=True)
+    else:
+        model = build(config.model_yaml, len(config.class_names))
+        arguments: dict[str, Any] = dict(
+            data=str(yaml_path), imgsz=config.imgsz, epochs=config.max_epochs, batch=config.batch_size,
+            workers=config.workers, patience=config.patience, seed=config.seed, deterministic=False,
+            cache=config.cache, fraction=config.fraction, device=device, project=str(out_dir), name="run",
+            exist_ok=True, plots=False, verbose=False, pretrained=False, amp=device != "cpu", val=True,
+        )
+        if config.budget_seconds:
+            arguments["time"] = config.budget_seconds / 3600.0
+        model.train(**arguments)
+    train_seconds = time.monotonic() - started
+    best = run_dir / "weights" / "best.pt"
+    if not best.is_file():
+        best = last
+    tested = YOLO(str(best))
+    metrics = tested.val(data=str(yaml_path), split="test", imgsz=config.imgsz, batch=config.batch_size,
+                         device=device, plots=True, verbose=False, project=str(out_dir), name="test",
+                         exist_ok=True)
+    box = metrics.box
+    summary: dict[str, Any] = {
+        "test": {
+            "mAP50": float(box.map50), "mAP50_95": float(box.map), "precision": float(box.mp),
+            "recall": float(box.mr),
+            "per_class_mAP50": {config.class_names[int(c)]: float(v)
+                                for c, v in zip(box.ap_class_index, box.ap50, strict=False)},
+            "confusion_matrix": metrics.confusion_matrix.matrix.astype(int).tolist(),
+            "confusion_labels": [*config.class_names, "background"],
+            "images": len(splits["test"]),
+            **matched_box_statistics(tested, splits["test"], config.imgsz, config.conf_threshold, device),
+        },
+        "train_seconds": train_seconds,
+        "weights": str(best),
+    }
+    write_json(out_dir / "metrics.json", summary)
+    progress(f"[{config.name}] test mAP50 {summary['test']['mAP50']:.3f} mAP50-95 {summary['test']['mAP50_95']:.3f}")
+    return summary
