@@ -1,4 +1,5 @@
-"""Event-driven waits for pynetdicom's two polling loops (measured: they cost ~2 ms of pure latency per C-STORE).
+"""Event-driven waits for pynetdicom's two polling loops (measured: ~1 ms of pure latency per C-STORE), and reads
+of whole PDUs instead of 4 KiB at a time.
 
 pynetdicom 3.0 runs two threads per association that poll with `time.sleep(0.001)`:
 - the DUL reactor sleeps 1 ms whenever it found nothing to do, so the next PDU from the peer and the response
@@ -13,16 +14,17 @@ only those waits changed; pyproject pins pynetdicom < 3.1.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import select
+import socket
 import ssl
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-
-import logging
+from pynetdicom.transport import AssociationSocket
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +169,21 @@ def run_acceptor_reactor(assoc: Any) -> None:
                 assoc.abort()
             assoc.kill()
             return
+
+
+class BulkReadingSocket(AssociationSocket):
+    """pynetdicom 3.0.4 reads PDUs 4096 bytes per `recv()` call (128 calls and copies for a 512x512 CT);
+    this reads straight into one buffer of the PDU's size, as much per call as the kernel has."""
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        sock = cast(socket.socket, self.socket)
+        buffer = bytearray(nr_bytes)
+        view = memoryview(buffer)
+        received = 0
+        while received < nr_bytes:
+            count = sock.recv_into(view[received:], nr_bytes - received)
+            if not count:  # connection closed: return what arrived, as pynetdicom does
+                del view
+                return buffer[:received]
+            received += count
+        return buffer

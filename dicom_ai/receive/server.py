@@ -24,12 +24,12 @@ from pynetdicom import evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ASSOCIATE
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from dicom_ai.receive.access import AccessPolicy
 from dicom_ai.receive.contexts import contexts_for_request
-from dicom_ai.receive.reactors import WaitingDUL, run_acceptor_reactor
+from dicom_ai.receive.reactors import BulkReadingSocket, WaitingDUL, run_acceptor_reactor
 from dicom_ai.store.database import Database
 from dicom_ai.store.records import AssociationOutcome
 
@@ -129,7 +129,7 @@ class NodeRequestHandler(RequestHandler):
         assoc = NodeAssociation(self.ae, server.gate, (host, port), isinstance(self.request, ssl.SSLSocket))
         assoc._server = server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
-        assoc.set_socket(AssociationSocket(assoc, client_socket=cast(socket.socket, self.request)))
+        assoc.set_socket(BulkReadingSocket(assoc, client_socket=cast(socket.socket, self.request)))
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = server.ae_title
         assoc.acceptor.address_info = self.local

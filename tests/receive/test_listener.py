@@ -249,6 +249,10 @@ def test_associations_beyond_the_limit_are_rejected_transiently_and_audited(star
     finally:
         holder.release()
     assert refused.returncode != 0 and "Rejected Transient" in refused.stdout + refused.stderr
-    [row] = [row for row in node.associations() if row.outcome == "rejected"]
+    deadline = time.monotonic() + 5  # pynetdicom sends this rejection itself; the audit row follows it
+    while not (rejected := [row for row in node.associations() if row.outcome == "rejected"]):
+        assert time.monotonic() < deadline, "the rejection was not audited"
+        time.sleep(0.05)
+    [row] = rejected
     assert row.peer_ae == "SECOND" and "maximum number of associations" in row.reason
     assert run_tool(echoscu, "-aet", "THIRD", "-aec", "DICOM_AI", "127.0.0.1", str(node.port)).returncode == 0
