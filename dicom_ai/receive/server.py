@@ -30,6 +30,7 @@ from pynetdicom.utils import make_target
 from dicom_ai.receive.access import AccessPolicy
 from dicom_ai.receive.contexts import contexts_for_request
 from dicom_ai.receive.reactors import BulkReadingSocket, WaitingDUL, run_acceptor_reactor
+from dicom_ai.receive.responses import StoreResponseDIMSE
 from dicom_ai.store.database import Database
 from dicom_ai.store.records import AssociationOutcome
 
@@ -101,6 +102,7 @@ class NodeAssociation(Association):
         self.session: AssociationSession | None = None
         self.acse = NodeACSE(self)
         self.dul = WaitingDUL(self)
+        self.dimse = StoreResponseDIMSE(self)
         # The timeouts live partly in the DUL's timers: apply them to the replacement DUL.
         self.acse_timeout, self.network_timeout = ae.acse_timeout, ae.network_timeout
 
