@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--plan", default="gpu", choices=sorted(PLANS))
     run.add_argument("--data", type=Path, required=True)
     run.add_argument("--out", type=Path, required=True)
-    run.add_argument("--budget-seconds", type=float, default=450.0)
+    run.add_argument("--budget-seconds", type=float, default=420.0)
     run.add_argument("--streams", default=",".join(STREAM_NAMES))
     run.add_argument("--parts", type=Path, help="where the tar parts go (default: <out>/../parts)")
     run.add_argument("--resume", action="store_true")

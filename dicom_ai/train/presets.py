@@ -58,12 +58,12 @@ GPU = Plan(
     segmenter_archs=SEGMENTER_CANDIDATES,
     brain_detectors=(
         # figshare slices are 256 x 256 in this copy: train at their native size, not upsampled to 640.
-        DetectorPlan("comparison", "yolov5lu.yaml", 256, 64, 0.5),
-        DetectorPlan("shipped", "yolo11n.yaml", 256, 128, 0.5),
+        DetectorPlan("comparison", "yolov5lu.yaml", 256, 64, 0.4),
+        DetectorPlan("shipped", "yolo11n.yaml", 256, 128, 0.6),
     ),
     fracture_detectors=(
-        DetectorPlan("comparison", "yolov5lu.yaml", 640, 32, 0.5),
-        DetectorPlan("shipped", "yolo11n.yaml", 640, 64, 0.5),
+        DetectorPlan("comparison", "yolov5lu.yaml", 640, 32, 0.4),
+        DetectorPlan("shipped", "yolo11n.yaml", 640, 64, 0.6),
     ),
     detector_epochs=300,
     detector_workers=5,

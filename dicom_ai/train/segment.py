@@ -33,6 +33,9 @@ class SegmenterConfig:
     weight_decay: float = 1e-4
     patience: int = 12
     threshold: float = 0.5
+    # Each epoch sees every tumour slice and as many tumour-free ones as keep this share of tumour slices
+    # (LGG is 65 % tumour-free); None = every slice once. Validation and test always use every slice.
+    tumour_share: float | None = 0.5
     seed: int = 0
     max_steps_per_epoch: int | None = None
     augmentation: Augmentation = field(default_factory=lambda: Augmentation(rotate_degrees=15, noise=0.01))
@@ -123,7 +126,19 @@ def train_segmenter(
         budget.after_epoch(start_epoch, spent)
         progress(f"[{config.name}] resumed after epoch {start_epoch}")
     log = CsvLog(out_dir / "log.csv", ["epoch", "lr", "train_loss", "val_dice", "seconds"], append=resume)
-    steps_per_epoch = max(1, -(-len(train_x) // config.batch_size))
+    positives = torch.from_numpy(np.flatnonzero(data["train"].masks.reshape(len(data["train"]), -1).any(axis=1)))
+    negatives = torch.from_numpy(np.flatnonzero(~data["train"].masks.reshape(len(data["train"]), -1).any(axis=1)))
+
+    def epoch_indices() -> torch.Tensor:
+        if config.tumour_share is None or not len(positives):
+            return torch.randperm(len(train_x), generator=generator)
+        wanted = int(len(positives) * (1 - config.tumour_share) / config.tumour_share)
+        chosen = negatives[torch.randperm(len(negatives), generator=generator)[:wanted]]
+        both = torch.cat([positives, chosen])
+        return both[torch.randperm(len(both), generator=generator)]
+
+    epoch_size = len(epoch_indices())
+    steps_per_epoch = max(1, -(-epoch_size // config.batch_size))
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     budget.started = time.monotonic() - spent
@@ -131,13 +146,14 @@ def train_segmenter(
     while not budget.should_stop(epoch) and stale < config.patience:
         model.train()
         losses = []
-        for step, index in enumerate(batches(len(train_x), config.batch_size, generator, shuffle=True)):
+        order = epoch_indices()
+        for step, start in enumerate(range(0, len(order), config.batch_size)):
             if step >= steps_per_epoch:
                 break
             lr = config.lr * budget.lr_factor(epoch + step / steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            index = index.to(device)
+            index = order[start : start + config.batch_size].to(device)
             x, m = config.augmentation.apply(normalise(train_x[index]), train_m[index].float(),
                                              generator=aug_generator)
             x = ((x - INPUT_MEAN) / INPUT_STD).contiguous(memory_format=torch.channels_last)

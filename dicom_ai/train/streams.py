@@ -36,6 +36,8 @@ from dicom_ai.train.splits import SPLIT_NAMES, SplitFractions, split_fingerprint
 Progress = Callable[[str], None]
 T = TypeVar("T")
 FRACTIONS = SplitFractions(val=0.15, test=0.15)
+# VGG16 has no batch normalisation: from scratch it needs a smaller step than the others.
+LEARNING_RATES = {"vgg16": 1e-4}
 
 
 def _cap(indices: list[int], labels: Sequence[str], limit: int | None) -> list[int]:
@@ -92,6 +94,7 @@ def _run_classifier_stage(
         model_dir = out_dir / arch
         config = ClassifierConfig(
             name=f"{stage}/{arch}", arch=arch, classes=classes, input_size=plan.classifier_size,
+            lr=LEARNING_RATES.get(arch, 1e-3),
             max_epochs=plan.classifier_epochs, budget_seconds=seconds_each, batch_size=plan.classifier_batch,
             seed=plan.seed, max_steps_per_epoch=plan.max_steps_per_epoch,
         )
