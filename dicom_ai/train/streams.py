@@ -28,7 +28,6 @@ from dicom_ai.train.datasets import (
     modality_items,
     xray_bodypart_items,
 )
-from dicom_ai.train.images import letterbox_image, letterbox_stack, load_stack
 from dicom_ai.train.loop import pick_device, read_csv_log, write_json
 from dicom_ai.train.presets import Plan
 from dicom_ai.train.splits import SPLIT_NAMES, SplitFractions, split_fingerprint, split_indices
@@ -121,6 +120,8 @@ def _run_classifier_stage(
 
 def run_classify(plan: Plan, data_root: Path, out: Path, budget: float, resume: bool, progress: Progress) -> None:
     """Stream A: modality comparison, then X-ray body part and MRI planes with the small classifier."""
+    from dicom_ai.train.images import letterbox_stack, load_stack
+
     started = time.monotonic()
     device = pick_device("auto")
     usable = max(budget - plan.reserve_seconds.get("classify", 0.0), 1.0)
@@ -192,6 +193,8 @@ def run_classify(plan: Plan, data_root: Path, out: Path, budget: float, resume: 
 
 
 def _read_mask(path: Path, size: int) -> np.ndarray:
+    from dicom_ai.train.images import letterbox_image
+
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise FileNotFoundError(f"mask missing or unreadable: {path}")
@@ -204,6 +207,7 @@ def run_segment(plan: Plan, data_root: Path, out: Path, budget: float, resume: b
     """Stream B: the paper's segmentation comparison on LGG, split by patient."""
     from dicom_ai.models.architectures import build_segmenter
     from dicom_ai.train.plots import plot_curves, plot_overlays
+    from dicom_ai.train.images import load_stack
     from dicom_ai.train.segment import MaskedArrays, SegmenterConfig, train_segmenter
 
     started = time.monotonic()
