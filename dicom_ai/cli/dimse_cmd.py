@@ -22,7 +22,8 @@ CallingAeOption = Annotated[
     Optional[str], typer.Option("--calling-ae", help="Our AE title for this association (default: node.ae_title).")
 ]
 TlsOption = Annotated[
-    bool, typer.Option("--tls", help="Use DICOM TLS even if the node is not marked tls = true (uses the \\[tls] files).")
+    bool, typer.Option("--tls", help="Use DICOM TLS even if the node is not marked tls = true "
+                                     "(uses the \\[tls] files).")
 ]
 TimeoutOption = Annotated[
     Optional[float], typer.Option("--timeout", help="Connect/association/response timeout in seconds "

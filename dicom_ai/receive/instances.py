@@ -13,8 +13,8 @@ C-STORE response statuses (0000,0900) this node answers:
 | 0xA700 | Refused: Out of Resources | spool full, a write/fsync/rename failed, or the database refused the row |
 | 0xA900 | Error: Data Set Does Not Match SOP Class | SOP Class UID (0008,0016) missing or not the negotiated one |
 | 0xC000 | Error: Cannot Understand | the dataset cannot be parsed in the negotiated transfer syntax |
-| 0xC010 | Error: Cannot Understand | Study/Series/SOP Instance UID missing or not a valid UID (digits and dots, <= 64) |
-| 0xC011 | Error: Cannot Understand | SOP Instance UID (0008,0018) differs from the command's Affected SOP Instance UID |
+| 0xC010 | Error: Cannot Understand | Study/Series/SOP Instance UID missing or not a valid UID (dicom_ai.uids) |
+| 0xC011 | Error: Cannot Understand | SOP Instance UID (0008,0018) is not the command's Affected SOP Instance UID |
 
 Every refusal is audited with `Database.record_refused_instance`; nothing is written for a refused instance.
 """

@@ -87,7 +87,7 @@ class Listener:
         self._thread.start()
         address = self.address
         assert address is not None
-        log.info("listening as %s on %s:%d%s", node.ae_title, *address, " (DICOM TLS)" if tls.enabled else "")
+        log.debug("listener bound to %s:%d%s", *address, " (DICOM TLS)" if tls.enabled else "")
         return address
 
     def serve(self) -> None:
