@@ -207,7 +207,7 @@ def mni_plane_slices(root: Path, *, block: int = 8, gap: int = 2, edge: float = 
             position = index % block
             if position < gap // 2 or position >= block - (gap - gap // 2):
                 continue
-            plane = np.take(volume, index, axis=axis)
+            plane = volume[(slice(None),) * axis + (index,)]
             if (plane > threshold).mean() < 0.15:
                 continue
             image = np.rot90(plane)
