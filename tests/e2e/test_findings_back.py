@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 
 from tests.e2e.served_node import REPO_ROOT, ServedNode, free_port
 from tests.e2e.studies import BuiltStudy, brain_mr_study, ct_study, hand_dx_study
-from tests.send.orthanc_node import OrthancNode
+from tests.support.orthanc import OrthancNode
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

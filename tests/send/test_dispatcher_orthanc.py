@@ -20,7 +20,7 @@ from dicom_ai.send.outbox import Outbox
 from dicom_ai.store.database import Database
 from dicom_ai.store.models import Event
 from tests.send.objects import STUDY, result_dataset
-from tests.send.orthanc_node import OrthancNode
+from tests.support.orthanc import OrthancNode
 
 pytestmark = pytest.mark.integration
 
@@ -141,6 +141,10 @@ def test_a_destination_that_always_refuses_ends_in_the_dead_letter(tmp_path: Pat
         assert "aborted the association" in outbox_status["dead_letters"][0]["last_error"]
         human = CliRunner().invoke(app, ["status", *data_dir])
         assert "1 dead letter(s)" in human.output and "retry --outbox" in human.output
+        listed = CliRunner().invoke(app, ["outbox", "--state", "dead", "--json", *data_dir])
+        assert listed.exit_code == 0, listed.output
+        [row] = json.loads(listed.output)
+        assert row["sop_instance_uid"] == f"{STUDY}.99.1" and row["attempts"] == 3 and row["state"] == "dead"
         retried = CliRunner().invoke(app, ["retry", "--outbox", *data_dir])
         assert retried.exit_code == 0 and "re-armed 1" in retried.output
         assert outbox.counts()["pending"] == 1

@@ -20,7 +20,7 @@ from dicom_ai.store.overview import study_trail
 from dicom_ai.worker import StudyJob
 from tests.e2e.studies import ct_study
 from tests.send.objects import result_dataset
-from tests.send.orthanc_node import OrthancNode, free_port
+from tests.support.orthanc import OrthancNode, free_port
 
 pytestmark = pytest.mark.integration
 

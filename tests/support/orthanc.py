@@ -1,5 +1,10 @@
 """A real Orthanc as the PACS in tests: own temp dir, free ports, started as a child process, stoppable and
-restartable on the same storage (to test delivery to a PACS that goes away and comes back)."""
+restartable on the same storage (to test delivery to a PACS that goes away and comes back).
+
+Shared by the send, end-to-end and report/OHIF tests (written by the send stage; extend it compatibly). Orthanc 1.10
+settings that matter here: `DicomAlwaysAllowStore` (False = only `DicomModalities` may store), `DicomModalities`
+(where `POST /modalities/<name>/store` sends), the DICOMweb plugin (for OHIF) with `dicomweb=True`.
+"""
 
 from __future__ import annotations
 
