@@ -162,18 +162,16 @@ class Outbox:
     def write_file(self, dataset: Dataset) -> OutboxFile:
         """Write one object to the outbox directory (a fresh file name per call, never overwriting)."""
         sop_instance_uid = require_uid(dataset.get("SOPInstanceUID"), "SOP Instance UID (0008,0018)")
+        study_uid = require_uid(dataset.get("StudyInstanceUID"), "Study Instance UID (0020,000D)")
+        series_uid = require_uid(dataset.get("SeriesInstanceUID"), "Series Instance UID (0020,000E)")
+        sop_class_uid = require_uid(dataset.get("SOPClassUID"), "SOP Class UID (0008,0016)")
         data = encode_part10(dataset)
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{sop_instance_uid}.{uuid.uuid4().hex[:12]}.dcm"
         _write_atomically(path, data)
-        return OutboxFile(
-            study_uid=require_uid(dataset.get("StudyInstanceUID"), "Study Instance UID (0020,000D)"),
-            series_uid=require_uid(dataset.get("SeriesInstanceUID"), "Series Instance UID (0020,000E)"),
-            sop_instance_uid=sop_instance_uid,
-            sop_class_uid=require_uid(dataset.get("SOPClassUID"), "SOP Class UID (0008,0016)"),
-            transfer_syntax=str(dataset.file_meta.TransferSyntaxUID),
-            path=path,
-        )
+        return OutboxFile(study_uid=study_uid, series_uid=series_uid, sop_instance_uid=sop_instance_uid,
+                          sop_class_uid=sop_class_uid, transfer_syntax=str(dataset.file_meta.TransferSyntaxUID),
+                          path=path)
 
     def enqueue(self, datasets: Sequence[Dataset], plan: DeliveryPlan, *, study_uid: str,
                 job_id: int | None = None) -> list[OutboxEntry]:
@@ -189,7 +187,14 @@ class Outbox:
                                        detail={"reason": "no destination: send.to_sender is off and "
                                                          "send.extra_destinations is empty"})
             return []
-        files = [self.write_file(dataset) for dataset in datasets]
+        files: list[OutboxFile] = []
+        try:
+            for dataset in datasets:
+                files.append(self.write_file(dataset))
+        except BaseException:  # nothing is queued unless everything is on disk; leave no orphan files behind
+            for item in files:
+                item.path.unlink(missing_ok=True)
+            raise
         now = self._clock()
         replaced: list[str] = []
         entries: list[OutboxEntry] = []

@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pydicom
+import pytest
 from sqlalchemy import select
 
 from dicom_ai.config import SendSettings, Settings
@@ -15,6 +16,7 @@ from dicom_ai.send.outbox import Outbox
 from dicom_ai.store.database import Database
 from dicom_ai.store.models import Event
 from dicom_ai.store.outbox_model import OutboxState
+from dicom_ai.uids import InvalidUID
 from tests.send.objects import STUDY, Clock, result_dataset
 
 SETTINGS = Settings.model_validate({"nodes": {
@@ -168,3 +170,12 @@ def test_nothing_is_written_when_there_is_no_destination(outbox: Outbox, databas
     assert outbox.enqueue([result_dataset(f"{STUDY}.99.1")], DeliveryPlan(()), study_uid=STUDY) == []
     assert not outbox.directory.exists()
     assert [kind for kind, _, _ in events(database)] == ["send.skipped"]
+
+
+def test_an_invalid_object_queues_nothing_and_leaves_no_file(outbox: Outbox, database: Database) -> None:
+    broken = result_dataset(f"{STUDY}.99.2")
+    broken.SeriesInstanceUID = "1.2.x"
+    with pytest.raises(InvalidUID, match="Series Instance UID"):
+        outbox.enqueue([result_dataset(f"{STUDY}.99.1"), broken], TO_PACS, study_uid=STUDY)
+    assert outbox.entries() == [] and list(outbox.directory.iterdir()) == []
+    assert events(database) == []
