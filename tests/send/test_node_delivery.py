@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
@@ -37,8 +38,31 @@ def quick_look(job: StudyJob, node: Node) -> None:
     job.record("send.submitted", submitted.summary)
 
 
+@dataclass
+class Site:
+    """A PACS (Orthanc) that knows the node as DICOM_AI, and the node's settings; nodes started are stopped."""
+
+    pacs: OrthancNode
+    settings: Settings
+    nodes: list[Node] = field(default_factory=list)
+
+    def start_node(self) -> Node:
+        node = Node(self.settings, handler=lambda job: quick_look(job, node), stop_timeout=5)
+        self.nodes.append(node)
+        node.start()
+        return node
+
+    def push_study(self, files: list[Path]) -> str:
+        """Orthanc C-STOREs these files (one study) to the node; returns Orthanc's study ID."""
+        for path in files:
+            self.pacs.upload(path.read_bytes())
+        [orthanc_study] = self.pacs.get("/studies")
+        self.pacs.post("/modalities/DICOM_AI/store", {"Resources": [orthanc_study], "Synchronous": True})
+        return str(orthanc_study)
+
+
 @pytest.fixture()
-def pacs_and_node(tmp_path: Path) -> Iterator[tuple[OrthancNode, Node]]:
+def site(tmp_path: Path) -> Iterator[Site]:
     node_port = free_port()
     pacs = OrthancNode(tmp_path / "orthanc", modalities={"DICOM_AI": ("DICOM_AI", "127.0.0.1", node_port)})
     pacs.start()
@@ -49,14 +73,12 @@ def pacs_and_node(tmp_path: Path) -> Iterator[tuple[OrthancNode, Node]]:
         "queue": {"stable_after_seconds": 0.3, "poll_seconds": 0.05, "heartbeat_seconds": 1, "lease_seconds": 10},
         "send": {"poll_seconds": 0.05, "backoff_initial_seconds": 0.2, "backoff_max_seconds": 0.5},
     })
-    holder: dict[str, Node] = {}
-    node = Node(settings, handler=lambda job: quick_look(job, holder["node"]), stop_timeout=5)
-    holder["node"] = node
-    node.start()
+    site = Site(pacs, settings)
     try:
-        yield pacs, node
+        yield site
     finally:
-        node.stop()
+        for node in site.nodes:
+            node.stop()
         pacs.stop(graceful=False)
 
 
@@ -68,14 +90,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def test_results_of_a_study_pushed_by_orthanc_go_back_to_orthanc(pacs_and_node: tuple[OrthancNode, Node]) -> None:
-    pacs, node = pacs_and_node
+def test_results_of_a_study_pushed_by_orthanc_go_back_to_orthanc(site: Site) -> None:
+    node, pacs = site.start_node(), site.pacs
     study = ct_study()
-    sources = study.files[:3]
-    for path in sources:
-        pacs.upload(path.read_bytes())
-    [orthanc_study] = pacs.get("/studies")
-    pacs.post("/modalities/DICOM_AI/store", {"Resources": [orthanc_study], "Synchronous": True})
+    sources = list(study.files[:3])
+    orthanc_study = site.push_study(sources)
 
     wait_for(lambda: len(pacs.get(f"/studies/{orthanc_study}/instances")) == len(sources) + 1)
     instances = pacs.get(f"/studies/{orthanc_study}/instances")
@@ -92,3 +111,23 @@ def test_results_of_a_study_pushed_by_orthanc_go_back_to_orthanc(pacs_and_node: 
     assert kinds.index("send.queued") < kinds.index("send.stored")
     stored = next(e.detail for e in trail.events if e.kind == "send.stored")
     assert stored["destination"] == "PACS" and stored["ae_title"] == "ORTHANC" and stored["status"] == "0x0000"
+
+
+def test_results_pending_when_the_node_stops_are_delivered_after_it_restarts(site: Site) -> None:
+    node = site.start_node()
+    study = ct_study()
+    orthanc_study = site.push_study(list(study.files[:2]))
+    site.pacs.stop(graceful=False)  # the PACS crashes right after sending, before the result can go back
+    assert node.sender is not None
+    outbox = node.sender.outbox
+    wait_for(lambda: outbox.counts()["pending"] == 1 and outbox.entries()[0].attempts >= 2)
+    node.stop()  # the node stops with the result undelivered
+
+    site.pacs.start()
+    restarted = site.start_node()
+    assert restarted.sender is not None
+    wait_for(lambda: restarted.sender is not None and restarted.sender.outbox.counts()["sent"] == 1)
+    assert len(site.pacs.get(f"/studies/{orthanc_study}/instances")) == 3
+    assert restarted.database is not None
+    kinds = [event.kind for event in study_trail(restarted.database, study.study_uid).events]
+    assert kinds.count("send.failed") >= 2 and kinds[-1] == "send.stored"
