@@ -82,8 +82,14 @@ class NodeACSE(ACSE):
         self.acceptor.supported_contexts = contexts_for_request(request.presentation_context_definition_list)
         super()._negotiate_as_acceptor()
         if assoc.is_established:
-            association_id = assoc.gate.database.open_association(calling_ae, assoc.peer_host, assoc.peer_port,
-                                                                  called_ae, assoc.tls)
+            try:
+                association_id = assoc.gate.database.open_association(calling_ae, assoc.peer_host,
+                                                                      assoc.peer_port, called_ae, assoc.tls)
+            except Exception:  # no audit row, no data: the peer sees an abort and retries later
+                log.exception("cannot record the association from %s@%s:%d; aborting it", calling_ae,
+                              assoc.peer_host, assoc.peer_port)
+                assoc.abort()
+                return
             assoc.session = AssociationSession(association_id, calling_ae, assoc.peer_host, assoc.peer_port,
                                                assoc.tls)
         elif assoc.is_rejected:  # pynetdicom's own refusals, e.g. node.max_associations reached
