@@ -15,6 +15,7 @@ from dicom_ai.cli.status_cmd import _open as open_existing_database
 from dicom_ai.send.outbox import Outbox
 from dicom_ai.store.outbox_model import OutboxState
 
+
 @app.command("outbox")
 def outbox(config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
            state: Annotated[Optional[OutboxState], typer.Option(help="Only deliveries in this state.")] = None,

@@ -10,9 +10,8 @@ from __future__ import annotations
 import io
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -22,6 +21,7 @@ from pydicom.dataset import Dataset
 from tests.e2e.served_node import REPO_ROOT, ServedNode, free_port
 from tests.e2e.studies import BuiltStudy, brain_mr_study, ct_study, hand_dx_study
 from tests.support.orthanc import OrthancNode
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -52,16 +52,6 @@ class Deployment:
     node: ServedNode
     studies: dict[str, BuiltStudy] = field(default_factory=dict)
     orthanc_ids: dict[str, str] = field(default_factory=dict)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def push_to_node(pacs: OrthancNode, study: BuiltStudy) -> str:

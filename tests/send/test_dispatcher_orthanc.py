@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from dicom_ai.store.database import Database
 from dicom_ai.store.models import Event
 from tests.send.objects import STUDY, result_dataset
 from tests.support.orthanc import OrthancNode
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,14 +43,6 @@ def orthanc(tmp_path: Path) -> Iterator[OrthancNode]:
         yield node
     finally:
         node.stop(graceful=False)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 def send_events(database: Database) -> list[tuple[str, str | None, dict[str, Any]]]:

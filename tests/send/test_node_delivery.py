@@ -6,8 +6,7 @@ worker, outbox, dispatcher and Orthanc are the real ones."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from dicom_ai.worker import StudyJob
 from tests.e2e.studies import ct_study
 from tests.send.objects import result_dataset
 from tests.support.orthanc import OrthancNode, free_port
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -80,14 +80,6 @@ def site(tmp_path: Path) -> Iterator[Site]:
         for node in site.nodes:
             node.stop()
         pacs.stop(graceful=False)
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.1)
 
 
 def test_results_of_a_study_pushed_by_orthanc_go_back_to_orthanc(site: Site) -> None:

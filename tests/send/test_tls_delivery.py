@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom.uid import SecondaryCaptureImageStorage
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
 from pynetdicom.events import Event
-from pydicom.uid import SecondaryCaptureImageStorage
 
 from dicom_ai.config import Settings
 from dicom_ai.send.destinations import plan_delivery
