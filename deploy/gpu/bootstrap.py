@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ALWAYS = ("ultralytics", "ultralytics_thop", "ultralytics_platform", "segmentation_models_pytorch")
@@ -40,9 +41,17 @@ def main() -> int:
         else:
             skipped.append(name)
     print(f"installing {[distribution(w) for w in chosen]}; already present: {skipped}", flush=True)
-    command = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet",
-               "--disable-pip-version-check", "--target", str(target), *map(str, chosen)]
-    return subprocess.call(command)
+    if importable("pip"):
+        command = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet",
+                   "--disable-pip-version-check", "--target", str(target), *map(str, chosen)]
+        return subprocess.call(command)
+    # No pip: a wheel is a zip laid out for site-packages; extracting it is enough for importing.
+    target.mkdir(parents=True, exist_ok=True)
+    for wheel in chosen:
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(target)
+    print("pip not available: wheels extracted", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
