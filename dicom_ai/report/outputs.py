@@ -1,0 +1,74 @@
+"""`build_outputs`: the DICOM objects for a study's findings, per analysed series:
+
+- SEG (when a segmentation has segmented pixels),
+- the complete TID 1500 SR, and a boxes-only SR when there are detections (what OHIF 3.13 draws),
+- a Secondary Capture key image with the overlay burned in.
+
+All join the source study in new series (numbers 9000 + 10·series index + k) with deterministic UIDs from the
+source series, its instances and the model identities.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from pydicom.dataset import Dataset
+
+from dicom_ai.pipeline.findings import SeriesFindings, StudyFindings
+from dicom_ai.report.identity import derived_uid, model_identity
+from dicom_ai.report.key_image import build_key_image
+from dicom_ai.report.segmentation import build_segmentation, non_empty
+from dicom_ai.report.sources import series_sources
+from dicom_ai.report.structured_report import build_box_report, build_full_report
+
+SERIES_NUMBER_BASE = 9000
+
+
+def _identity(findings: SeriesFindings) -> list[str]:
+    models = [d.model for d in findings.route if d.model is not None] + [d.model for d in findings.detections]
+    models += [s.model for s in findings.segmentations]
+    return [findings.series_instance_uid, *sorted(findings.source_instances), *model_identity(models)]
+
+
+def build_series_outputs(source_datasets: Sequence[Dataset], findings: SeriesFindings, index: int,
+                         now: dt.datetime) -> list[Dataset]:
+    """The objects of one analysed series (see the module docstring)."""
+    sources = series_sources(source_datasets, findings)
+    identity = _identity(findings)
+    base = SERIES_NUMBER_BASE + 10 * index
+
+    def uids(kind: str) -> dict[str, str]:
+        return {"series_uid": derived_uid(f"series:{kind}", *identity),
+                "sop_instance_uid": derived_uid(f"instance:{kind}", *identity)}
+
+    outputs: list[Dataset] = []
+    plan = non_empty(findings.segmentations)
+    seg = None
+    if plan.segments:
+        seg = build_segmentation(sources, plan, series_number=base + 1, now=now, **uids("seg"))
+        outputs.append(seg)
+    outputs.append(build_full_report(sources, plan, seg, series_number=base + 2, now=now, **uids("sr")))
+    if findings.detections:
+        outputs.append(build_box_report(sources, series_number=base + 3, now=now, **uids("boxes")))
+    outputs.append(build_key_image(sources, plan, series_number=base + 4, now=now, **uids("key")))
+    return outputs
+
+
+def build_outputs(source_datasets: Sequence[Dataset], findings: StudyFindings, *,
+                  now: dt.datetime | None = None) -> list[Dataset]:
+    """SEG, SRs and key images for every analysed series of `findings`, joining the source study.
+
+    `source_datasets` are the study's instances with pixel data (pydicom Datasets); every instance a series'
+    findings name must be among them (`MissingSource` otherwise). `now` sets Content/Series Date and Time
+    (default: the current UTC time); everything else, UIDs included, depends only on the inputs.
+    """
+    moment = now or dt.datetime.now(dt.timezone.utc)
+    outputs: list[Dataset] = []
+    for index, series in enumerate(findings.series):
+        outputs += build_series_outputs(source_datasets, series, index, moment)
+    for ds in outputs:
+        if ds.StudyInstanceUID != findings.study_instance_uid:
+            raise ValueError(f"series of study {ds.StudyInstanceUID} given as findings of study "
+                             f"{findings.study_instance_uid}")
+    return outputs
