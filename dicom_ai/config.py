@@ -143,9 +143,17 @@ class QueueSettings(_Section):
 
 
 class PipelineSettings(_Section):
+    """The analysis pipeline (dicom_ai/pipeline/): models, the routing tree, batching."""
+
     device: Literal["auto", "cpu", "cuda"] = "auto"
     models_dir: Path = DEFAULT_MODELS_DIR
     enabled: bool = True
+    routing_file: Path = Field(Path("routing.toml"), description="the routing tree; relative to models_dir")
+    batch_size: int = Field(8, ge=1, le=1024, description="frames per forward pass of detectors and segmenters")
+
+    @property
+    def resolved_routing_file(self) -> Path:
+        return self.routing_file if self.routing_file.is_absolute() else self.models_dir / self.routing_file
 
 
 class SendSettings(_Section):

@@ -100,6 +100,15 @@ class InstanceError:
     message: str
 
 
+@dataclass(frozen=True)
+class SkippedModel:
+    """A detector or segmenter the route asked for that could not run (weights missing, checksum failed)."""
+
+    name: str
+    task: str
+    reason: str
+
+
 @dataclass(frozen=True, eq=False)
 class SeriesFindings:
     series_instance_uid: str
@@ -110,6 +119,7 @@ class SeriesFindings:
     segmentations: tuple[Segmentation, ...] = ()
     errors: tuple[InstanceError, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
+    skipped_models: tuple[SkippedModel, ...] = ()
 
     def decision(self, node: str) -> RouteDecision | None:
         return next((d for d in self.route if d.node == node), None)
@@ -125,6 +135,7 @@ class StudyFindings:
     series: tuple[SeriesFindings, ...]
     started_at: str
     finished_at: str
+    errors: tuple[InstanceError, ...] = ()  # files that could not be read at all (no series to put them in)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; masks are summarised (pixel count, area), not embedded."""
@@ -162,5 +173,6 @@ __all__ = [
     "RouteDecision",
     "Segmentation",
     "SeriesFindings",
+    "SkippedModel",
     "StudyFindings",
 ]
