@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
@@ -203,3 +206,49 @@ def test_our_own_outputs_sent_back_are_stored_but_never_analysed_again(deploymen
     trail = audit_trail(deployment, study)
     assert len(trail["jobs"]) == jobs_before
     assert trail["study"]["state"] == "done"
+
+
+def seg_mask_for(seg: Dataset, sop_instance_uid: str) -> np.ndarray:
+    """The SEG's (first segment's) mask over one source image; all zero when the SEG has no frame for it."""
+    segmentation = hd.seg.Segmentation.from_dataset(seg)
+    try:
+        pixels = segmentation.get_pixels_by_source_instance(source_sop_instance_uids=[sop_instance_uid],
+                                                            segment_numbers=[1])
+    except (KeyError, ValueError):  # empty frames are omitted from the SEG
+        return np.zeros((int(seg.Rows), int(seg.Columns)), dtype=bool)
+    return np.asarray(pixels)[0, :, :, 0] > 0
+
+
+def test_ohif_overlays_the_seg_from_orthanc_where_the_mask_is(deployment: Deployment, tmp_path: Path) -> None:
+    """The radiologist's view: OHIF reads the MR study from the same Orthanc the node sent its results to."""
+    from tests.report.test_ohif import (THUMBNAIL, assert_no_error_shown, grow, image_to_screen, mask_on_screen,
+                                        reddish, screenshot, screenshot_until)
+    from tests.support.ohif import CHROMIUM, OHIF_DIST, OhifBrowser, OhifServer
+
+    if not (OHIF_DIST / "index.html").is_file() or not CHROMIUM.is_file():
+        pytest.skip("needs the OHIF build in .ohif/ (deploy/install.sh --test) and /usr/bin/chromium")
+    study = deployment.studies["MR"]
+    [seg] = [ds for ds in wait_for_results(deployment, "MR", {"SEG", "SR", "SC"}) if str(ds.SOPClassUID) == SEG]
+    sources = [pydicom.dcmread(path) for path in study.files]
+    browser = OhifBrowser(tmp_path / "profile")
+    with OhifServer(deployment.pacs.url) as server, browser as page:
+        page.goto(server.viewer_url(study.study_uid))
+        page.wait_for_selector(THUMBNAIL, timeout=60_000)
+        banner = page.get_by_role("button", name="Confirm and hide")
+        if banner.count():
+            banner.click()
+        before = screenshot(page, "e2e-ohif-mr-before-seg.png")
+        page.locator(THUMBNAIL, has_text=str(seg.SeriesDescription)).dblclick()
+        page.get_by_role("button", name="Yes").click()
+        after = screenshot_until(page, "e2e-ohif-mr-seg.png", reddish)
+        overlay_text = page.locator('[data-cy="viewport-overlay-bottom-right"]').inner_text()
+        number = int(re.search(r"I:\s*(\d+)", overlay_text).group(1))  # type: ignore[union-attr]
+        image = next(ds for ds in sources if int(ds.InstanceNumber) == number)
+        expected = mask_on_screen(seg_mask_for(seg, str(image.SOPInstanceUID)), after.shape[:2],
+                                  image_to_screen(page, image))
+        assert_no_error_shown(page, browser)
+    red = reddish(after)
+    assert reddish(before).sum() < 20, "red on screen before the SEG was loaded"
+    assert expected.sum() > 0, "the SEG has no mask on the image OHIF shows"
+    assert red[expected].mean() > 0.5, f"only {red[expected].mean():.0%} of the mask is drawn in the segment colour"
+    assert red[~grow(expected, 4)].sum() < 0.1 * red.sum(), "segment colour far from the mask"

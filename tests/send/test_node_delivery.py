@@ -6,16 +6,17 @@ worker, outbox, dispatcher and Orthanc are the real ones."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
 from dicom_ai.config import Settings
 from dicom_ai.node import Node
+from dicom_ai.report.identity import MANUFACTURER, derived_uid
 from dicom_ai.store.overview import study_trail
 from dicom_ai.worker import StudyJob
 from tests.e2e.studies import ct_study
@@ -27,12 +28,14 @@ pytestmark = pytest.mark.integration
 
 
 def quick_look(job: StudyJob, node: Node) -> None:
-    """One derived image per study, in the study, with a UID derived from its source (re-runs replace it)."""
+    """One derived image per study, in the study, marked as ours the way the report stage marks its objects
+    (Manufacturer and a UID under our root, derived from the source: re-runs replace it)."""
     source = pydicom.dcmread(job.instances[0].spool_path, stop_before_pixels=True)
     source_uid = job.instances[0].sop_instance_uid
-    result = result_dataset(generate_uid(entropy_srcs=["quick-look", source_uid]), job.study_uid,
-                            series_uid=generate_uid(entropy_srcs=["quick-look series", source_uid]))
+    result = result_dataset(derived_uid("quick-look", source_uid), job.study_uid,
+                            series_uid=derived_uid("series:quick-look", source_uid))
     result.PatientID, result.PatientName = source.PatientID, source.PatientName
+    result.Manufacturer = MANUFACTURER
     assert node.sender is not None
     submitted = node.sender.submit([result], study_uid=job.study_uid, calling_ae=job.calling_ae, job_id=job.job_id)
     job.record("send.submitted", submitted.summary)
@@ -123,3 +126,21 @@ def test_results_pending_when_the_node_stops_are_delivered_after_it_restarts(sit
     assert restarted.database is not None
     kinds = [event.kind for event in study_trail(restarted.database, study.study_uid).events]
     assert kinds.count("send.failed") >= 2 and kinds[-1] == "send.stored"
+
+
+def test_our_result_coming_back_from_orthanc_is_stored_but_never_analysed(site: Site) -> None:
+    node = site.start_node()
+    study = ct_study()
+    orthanc_study = site.push_study(list(study.files[:2]))
+    wait_for(lambda: len(site.pacs.get(f"/studies/{orthanc_study}/instances")) == 3)
+    assert node.database is not None
+    wait_for(lambda: study_trail(node.database, study.study_uid).study.state == "done")  # type: ignore[arg-type]
+
+    # Orthanc sends the whole study, our result included, back to the node (e.g. a routing rule on the PACS).
+    site.pacs.post("/modalities/DICOM_AI/store", {"Resources": [orthanc_study], "Synchronous": True})
+    time.sleep(1.5)  # several quiet periods (0.3 s): a new job would have been queued by now
+    trail = study_trail(node.database, study.study_uid)
+    ours = [i for i in trail.instances if i.produced_by_us]
+    assert [i.sop_class_uid for i in ours] == ["1.2.840.10008.5.1.4.1.1.7"]
+    assert len(trail.jobs) == 1 and trail.study.state == "done"
+    assert len(site.pacs.get(f"/studies/{orthanc_study}/instances")) == 3
