@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TypeVar
 
 from pydicom.sr.coding import Code
 
 LOCAL_SCHEME = "99DICOMAI"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -143,36 +145,28 @@ def normalise(label: str) -> str:
     return re.sub(r"[\s/]+", "_", label.strip().lower())
 
 
-def modality_code(label: str) -> Code:
+def _lookup(table: dict[str, T], aliases: dict[str, str], label: str, kind: str) -> T:
     key = normalise(label)
-    key = MODALITY_ALIASES.get(key, key)
-    if key not in MODALITIES:
-        raise UnknownLabel(f"modality label {label!r} has no code in dicom_ai/report/codes.py")
-    return MODALITIES[key]
+    key = aliases.get(key, key)
+    if key not in table:
+        raise UnknownLabel(f"{kind} label {label!r} has no code in dicom_ai/report/codes.py")
+    return table[key]
+
+
+def modality_code(label: str) -> Code:
+    return _lookup(MODALITIES, MODALITY_ALIASES, label, "modality")
 
 
 def region_code(label: str) -> Code:
-    key = normalise(label)
-    key = REGION_ALIASES.get(key, key)
-    if key not in REGIONS:
-        raise UnknownLabel(f"anatomic region label {label!r} has no code in dicom_ai/report/codes.py")
-    return REGIONS[key]
+    return _lookup(REGIONS, REGION_ALIASES, label, "anatomic region")
 
 
 def plane_code(label: str) -> Code:
-    key = normalise(label)
-    key = PLANE_ALIASES.get(key, key)
-    if key not in PLANES:
-        raise UnknownLabel(f"plane label {label!r} has no code in dicom_ai/report/codes.py")
-    return PLANES[key]
+    return _lookup(PLANES, PLANE_ALIASES, label, "plane")
 
 
 def finding_concept(label: str) -> LabelConcept:
-    key = normalise(label)
-    key = FINDING_ALIASES.get(key, key)
-    if key not in FINDINGS:
-        raise UnknownLabel(f"finding label {label!r} has no code in dicom_ai/report/codes.py")
-    return FINDINGS[key]
+    return _lookup(FINDINGS, FINDING_ALIASES, label, "finding")
 
 
 def label_code(label: str) -> Code:
