@@ -120,13 +120,71 @@ def report_and_send(job: StudyJob, sources: Sequence[Dataset], findings: StudyFi
 
 
 def _analyse_study_handler(settings: Settings, database: Database, sender: ResultSender) -> StudyHandler:
-    # The pipeline stage plugs in here (issue 3), then report and send. Until then, say so and fail visibly:
-    # a job must never look done when nothing was analysed.
+    """pipeline (`run_study`, findings JSON in the audit trail) -> report -> send, for every job.
+
+    Models load once per worker process (the registry caches them); the routing tree is read and checked here, at
+    start-up, so a broken routing file stops the node with a message instead of failing every job.
+    """
+    if not settings.pipeline.enabled:
+        def disabled(job: StudyJob) -> None:
+            raise PipelineUnavailable("pipeline.enabled = false: the study is stored and audited but not analysed")
+
+        return disabled
+
+    from dicom_ai.models.registry import ModelRegistry
+    from dicom_ai.pipeline import RoutingError, load_routing, run_study
+
+    try:
+        routing = load_routing(settings.pipeline.resolved_routing_file)
+    except RoutingError as exc:
+        raise ConfigError(f"pipeline.routing_file: {exc}") from None
+    registry = ModelRegistry(settings.pipeline.models_dir, device=settings.pipeline.device)
+
     def analyse(job: StudyJob) -> None:
-        raise PipelineUnavailable("pipeline not available: this build of dicom-ai has no analysis pipeline "
-                                  "installed; the study is stored and audited but was not analysed")
+        import pydicom
+
+        job.record("pipeline.started", {"instances": len(job.instances)})
+        sources: list[Dataset] = []
+        unreadable: list[dict[str, str]] = []
+        for instance in job.instances:
+            try:
+                sources.append(pydicom.dcmread(instance.spool_path))
+            except Exception as exc:  # a damaged spool file must not cost the rest of the study
+                unreadable.append({"sop_instance_uid": instance.sop_instance_uid,
+                                   "error": f"{type(exc).__name__}: {exc}"})
+        if unreadable:
+            job.record("pipeline.unreadable", {"instances": unreadable})
+        if job.instances and not sources:
+            raise PermanentJobError(f"none of the study's {len(job.instances)} instance(s) could be read from the "
+                                    f"spool (first: {unreadable[0]['error']})")
+        if job.stop_requested:
+            raise RuntimeError("node stopping before the pipeline ran")
+        findings = run_study(sources, registry, routing, batch_size=settings.pipeline.batch_size)
+        for series in findings.series:
+            job.record("pipeline.series", _series_summary(series))
+        job.record("pipeline.findings", findings.to_dict())
+        if job.stop_requested:
+            raise RuntimeError("node stopping before the report was built")
+        report_and_send(job, sources, findings, sender)
 
     return analyse
+
+
+def _series_summary(series: Any) -> dict[str, Any]:
+    """One audit line per series: the route with its evidence sources and flags, counts, measurements, timings."""
+    return {
+        "series_uid": series.series_instance_uid,
+        "route": [{"node": d.node, "label": d.label, "outcome": d.outcome, "decided_by": d.decided_by,
+                   "score": d.score, "disagreement": d.disagreement, "message": d.message} for d in series.route],
+        "detections": len(series.detections),
+        "segmentations": [{"label": s.label, "model": s.model.name,
+                           "frames_with_mask": sum(1 for f in s.frames if f.pixel_count),
+                           "volume_mm3": s.volume_mm3} for s in series.segmentations],
+        "skipped_models": [{"name": m.name, "task": m.task, "reason": m.reason} for m in series.skipped_models],
+        "errors": [{"sop_instance_uid": e.sop_instance_uid, "stage": e.stage, "message": e.message}
+                   for e in series.errors],
+        "timings": {k: round(v, 4) for k, v in series.timings.items()},
+    }
 
 
 def models_status(settings: Settings) -> dict[str, Any]:

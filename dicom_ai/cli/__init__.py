@@ -8,6 +8,7 @@ from dicom_ai.cli import serve_cmd  # noqa: F401  (serve)
 from dicom_ai.cli import outbox_cmd  # noqa: F401  (outbox)
 from dicom_ai.cli import train_cmd  # noqa: F401  (train)
 from dicom_ai.cli import dimse_cmd  # noqa: F401  (echo, send)
+from dicom_ai.cli import analyze_cmd  # noqa: F401  (analyze)
 from dicom_ai.cli.app import app
 
 

@@ -1,6 +1,6 @@
 """A study's instances grouped into series, in slice order, with the geometry the measurements need.
 
-Area uses PixelSpacing (0028,0030), else ImagerPixelSpacing (0018,1164). Volume uses the slice spacing:
+Volume uses the slice spacing (areas come from each frame's pixel spacing, see pixels.Frame):
 SpacingBetweenSlices (0018,0088), else the median distance between ImagePositionPatient (0020,0032) of the sorted
 slices along the slice normal, else SliceThickness (0018,0050).
 """
@@ -40,23 +40,6 @@ class Series:
     @property
     def first(self) -> Dataset:
         return self.datasets[0]
-
-
-def _float_pair(value: object) -> tuple[float, float] | None:
-    try:
-        row, col = (float(v) for v in value)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        return None
-    return (row, col) if row > 0 and col > 0 else None
-
-
-def pixel_spacing_mm(ds: Dataset) -> tuple[float, float] | None:
-    """(row spacing, column spacing) in mm, from PixelSpacing or ImagerPixelSpacing; None when absent or zero."""
-    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        found = _float_pair(ds.get(keyword))
-        if found is not None:
-            return found
-    return None
 
 
 def _normal(ds: Dataset) -> np.ndarray | None:
@@ -146,4 +129,4 @@ def group_series(sources: Iterable[InstanceSource]) -> tuple[list[Series], list[
     return series, errors
 
 
-__all__ = ["InstanceSource", "Series", "group_series", "pixel_spacing_mm", "read_instance", "slice_spacing_mm"]
+__all__ = ["InstanceSource", "Series", "group_series", "read_instance", "slice_spacing_mm"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_ai.pipeline.series import group_series, pixel_spacing_mm, slice_spacing_mm
+from dicom_ai.pipeline.series import group_series, slice_spacing_mm
 
 
 def instance(series: str, number: int, z: float | None, **extra: object) -> Dataset:
@@ -57,10 +57,3 @@ def test_slice_spacing_prefers_the_header_then_positions(extra: dict[str, float]
 def test_slice_spacing_falls_back_to_thickness_then_none() -> None:
     assert slice_spacing_mm([instance("1.1", 1, None, SliceThickness=4.0), instance("1.1", 2, None)]) == 4.0
     assert slice_spacing_mm([instance("1.1", 1, None)]) is None
-
-
-def test_pixel_spacing_then_imager_pixel_spacing_zero_is_unknown() -> None:
-    assert pixel_spacing_mm(instance("1.1", 1, 0.0, PixelSpacing=[0.5, 0.7])) == (0.5, 0.7)
-    assert pixel_spacing_mm(instance("1.1", 1, 0.0, ImagerPixelSpacing=[0.14, 0.14])) == (0.14, 0.14)
-    assert pixel_spacing_mm(instance("1.1", 1, 0.0, PixelSpacing=[0, 0])) is None
-    assert pixel_spacing_mm(instance("1.1", 1, 0.0)) is None
