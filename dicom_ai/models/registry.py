@@ -134,7 +134,7 @@ def _build(spec: ModelSpec, weights: Path) -> nn.Module:
         module = detector.model
         if not isinstance(module, nn.Module):
             raise WeightsError(f"{weights} holds no ultralytics model")
-        head_classes = int(getattr(module, "nc", len(spec.classes)))
+        head_classes = int(module.model[-1].nc)  # the Detect head
         if head_classes != len(spec.classes):
             raise WeightsError(f"{weights} detects {head_classes} classes, the manifest lists {len(spec.classes)}")
         module = module.float()
