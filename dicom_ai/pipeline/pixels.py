@@ -259,7 +259,8 @@ def load_image_file(path: Path | str) -> np.ndarray:
         with Image.open(path) as opened:
             opened.load()
             image = opened
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, ImportError) as exc:
+        # ImportError: once ultralytics is imported it patches Image.open to try pi_heif on unknown files.
         raise PixelDataError(f"cannot read image file {path}: {exc}") from exc
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(image, dtype=np.float32)
