@@ -46,8 +46,8 @@ def _route_text(series: SeriesFindings) -> str:
             value = e.label if e.label is not None else "-"
             score = f" {e.score:.2f}" if e.score is not None else ""
             lines.append(f"  {e.source}: {value}{score} — {e.detail}")
-        if d.message and d.outcome != "decided":
-            lines.append(f"  {d.message}")
+        if d.message:
+            lines.append(f"  [dim]{d.message}[/]")
     return "\n".join(lines)
 
 

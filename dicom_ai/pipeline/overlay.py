@@ -79,7 +79,8 @@ def write_overlays(series: SeriesFindings, frames: Sequence[SourceFrame], out_di
                     verticalalignment="bottom")
         ax.set_axis_off()
         fig.text(0.01, 0.99, "\n".join([caption, *lines]), fontsize=7, verticalalignment="top", wrap=True)
-        path = out_dir / f"{series.series_instance_uid}_{frame.sop_instance_uid}_{frame.frame_number}.png"
+        # UID tails keep names short and unique enough within one study; the full UIDs are in the findings.
+        path = out_dir / f"{series.series_instance_uid[-12:]}_{frame.sop_instance_uid[-12:]}_{frame.frame_number}.png"
         fig.savefig(path)
         plt.close(fig)
         written.append(path)
