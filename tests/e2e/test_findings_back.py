@@ -10,7 +10,9 @@ from __future__ import annotations
 import io
 import json
 import re
+import sqlite3
 import time
+from contextlib import closing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,9 +46,23 @@ def stages_missing() -> list[str]:
             getattr(__import__(module, fromlist=[name]), name)
         except (ImportError, AttributeError):
             missing.append(f"{module}.{name}")
-    if not (REPO_ROOT / "models" / "manifest.toml").is_file():
-        missing.append("models/manifest.toml")
     return missing
+
+
+def models_for_the_node(directory: Path) -> Path:
+    """The shipped models when models/manifest.toml exists; otherwise tiny models trained here (the pipeline
+    tests' helpers): the LGG tumour segmenter learnt from other slices of the same patient, and YOLO detectors
+    built from their yaml. Without a modality classifier the routing tree decides on the DICOM header."""
+    shipped = REPO_ROOT / "models"
+    if (shipped / "manifest.toml").is_file():
+        return shipped
+    from tests.pipeline import trained
+    from tests.pipeline.registering import register_detector, register_segmenter
+
+    register_segmenter(directory, "lgg", trained.train_segmenter(), ["tumour"], trained.INPUT_SIZE)
+    register_detector(directory, "brain_tumor_det", ["pituitary", "meningioma", "glioma"], trained.INPUT_SIZE)
+    register_detector(directory, "fracatlas", ["fracture"], trained.INPUT_SIZE)
+    return directory
 
 
 @dataclass
@@ -99,7 +115,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         "nodes.PACS": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port},
         "queue": {"stable_after_seconds": 1.0, "poll_seconds": 0.2},
         "send": {"poll_seconds": 0.2, "backoff_initial_seconds": 1, "backoff_max_seconds": 5},
-        "pipeline": {"device": "cpu"},
+        "pipeline": {"device": "cpu", "models_dir": str(models_for_the_node(root / "models")),
+                     "routing_file": str(REPO_ROOT / "models" / "routing.toml")},
     }, port=node_port)
     deployment = Deployment(pacs, node)
     try:
@@ -114,11 +131,28 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         pacs.stop(graceful=False)
 
 
+def failed_job_error(node: ServedNode, study_uid: str) -> str | None:
+    """The error of the study's latest job when that job has failed for good (read from the node's database)."""
+    database = node.data_dir / "dicom-ai.sqlite"
+    with closing(sqlite3.connect(database, timeout=10)) as connection:
+        row = connection.execute("SELECT jobs.state, jobs.last_error FROM jobs JOIN studies ON jobs.study_id = "
+                                 "studies.id WHERE studies.study_uid = ? ORDER BY jobs.id DESC LIMIT 1",
+                                 (study_uid,)).fetchone()
+    return str(row[1]) if row is not None and row[0] == "failed" else None
+
+
 def wait_for_results(deployment: Deployment, name: str, expected: set[str]) -> list[Dataset]:
     pacs, study = deployment.pacs, deployment.studies[name]
-    return wait_for(lambda: (found := results_of(pacs, deployment.orthanc_ids[name], study))
-                    and expected <= classes(found) and found, RESULTS_TIMEOUT,
-                    f"{sorted(expected)} of the {name} study in Orthanc (node log: {deployment.node.log()[-1500:]})")
+
+    def arrived() -> list[Dataset]:
+        error = failed_job_error(deployment.node, study.study_uid)
+        if error is not None:
+            raise AssertionError(f"the node's job for the {name} study failed: {error[:3000]}")
+        found = results_of(pacs, deployment.orthanc_ids[name], study)
+        return found if found and expected <= classes(found) else []
+
+    return wait_for(arrived, RESULTS_TIMEOUT, f"{sorted(expected)} of the {name} study in Orthanc "
+                                              f"(node log: {deployment.node.log()[-1500:]})", interval=0.5)
 
 
 def referenced_uids(ds: Dataset) -> set[str]:
