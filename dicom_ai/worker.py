@@ -189,14 +189,26 @@ def _series_summary(series: Any) -> dict[str, Any]:
 
 
 def models_status(settings: Settings) -> dict[str, Any]:
-    """What `dicom-ai status` shows under "models": the pipeline stage extends this (loaded, missing, checksum).
+    """What `dicom-ai status` and start-up show under "models": each manifest entry with its verified state.
 
-    Keys: `available` (bool: can studies be analysed at all), `detail` (one line for the operator), and
-    optionally `models` (a list of {name, version, state, detail}).
+    Keys: `available` (bool: can studies be analysed at all), `detail` (one line for the operator) and `models`
+    (a list of {name, version, state, detail}: available / missing-weights / checksum-mismatch / invalid).
     """
     if settings.queue.handler:
         return {"available": True, "detail": f"jobs run the handler {settings.queue.handler} (queue.handler)"}
-    return {"available": False, "detail": "no analysis pipeline installed: studies are stored, not analysed"}
+    if not settings.pipeline.enabled:
+        return {"available": False, "detail": "pipeline.enabled = false: studies are stored, not analysed"}
+    from dicom_ai.models.registry import ModelRegistry  # torch: only for the commands that report models
+
+    registry = ModelRegistry(settings.pipeline.models_dir, device="cpu")
+    rows = [{"name": s.name, "version": s.spec.version if s.spec else None, "state": s.state, "detail": s.message}
+            for s in registry.status()]
+    usable = [row for row in rows if row["state"] == "available"]
+    missing = [f"{row['name']} ({row['state']})" for row in rows if row["state"] != "available"]
+    detail = f"{len(usable)} of {len(rows)} model(s) available in {settings.pipeline.models_dir}"
+    if missing:
+        detail += "; not usable (their nodes decide on the header or record 'model unavailable'): " + ", ".join(missing)
+    return {"available": bool(usable), "detail": detail, "models": rows}
 
 
 def default_worker_name() -> str:

@@ -16,11 +16,13 @@ import pytest
 from sqlalchemy import select
 
 from dicom_ai.config import ConfigError, QueueSettings, load_settings
+from dicom_ai.models.manifest import ModelSpec, upsert_model_spec
 from dicom_ai.store.database import Database
 from dicom_ai.store.models import Event, Job
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.records import JobState, ReceivedInstance
-from dicom_ai.worker import StudyJob, Worker, build_study_handler, is_dead_local_worker, load_handler
+from dicom_ai.worker import (StudyJob, Worker, build_study_handler, is_dead_local_worker, load_handler,
+                            models_status)
 
 STUDY = "1.2.826.0.2.1"
 
@@ -172,14 +174,27 @@ def test_stop_interrupts_a_cooperative_handler_without_counting_an_attempt(datab
     assert events(database, "job.released") and not events(database, "job.attempt_failed")
 
 
-def test_default_handler_fails_visibly_without_a_pipeline(database: Database, tmp_path: Path) -> None:
+def test_default_handler_fails_visibly_when_the_study_cannot_be_read(database: Database, tmp_path: Path) -> None:
+    """The served node's own handler (the pipeline) never marks a job done without having analysed it."""
     settings = load_settings(None, environ={})
     queue = fast_queue(database)
-    job_id = queued_study(database, queue)
+    job_id = queued_study(database, queue)  # its instances' spool files do not exist
     assert Worker(queue, build_study_handler(settings, database), threads=0).run_once()
     state, attempts, error = job_state(database, job_id)
     assert (state, attempts) == (JobState.FAILED, 1)
-    assert "pipeline not available" in error
+    assert "could be read from the spool" in error
+
+
+def test_models_status_lists_every_manifest_entry_with_its_state(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    upsert_model_spec(models_dir, ModelSpec("modality", "classify", "resnet18", ("CT", "MR"), 64, 1, 0.5, 0.25,
+                                            "modality/weights.safetensors", "0" * 64, "1"))
+    status = models_status(load_settings(None, environ={"DICOM_AI_PIPELINE__MODELS_DIR": str(models_dir)}))
+    assert status["available"] is False
+    assert [(row["name"], row["state"]) for row in status["models"]] == [("modality", "missing-weights")]
+    assert "modality (missing-weights)" in status["detail"]
+    disabled = models_status(load_settings(None, environ={"DICOM_AI_PIPELINE__ENABLED": "false"}))
+    assert disabled["available"] is False and "pipeline.enabled" in disabled["detail"]
 
 
 def test_handler_hook_loads_a_dotted_path_and_names_the_key_on_error() -> None:

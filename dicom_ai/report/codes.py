@@ -52,6 +52,8 @@ MODALITIES: dict[str, Code] = {
     "mg": _dcm("MG", "Mammography"),
     "pt": _dcm("PT", "Positron emission tomography"),
     "nm": _dcm("NM", "Nuclear Medicine"),
+    # the classifier's "XR" stands for projection radiography of any kind (CR, DX, ...): CID 29 has no such code
+    "xr": _sct("168537006", "Plain radiography"),
 }
 MODALITY_ALIASES = {"mri": "mr", "xray": "dx", "x-ray": "dx", "radiograph": "dx", "ultrasound": "us", "pet": "pt"}
 
@@ -179,21 +181,34 @@ def label_code(label: str) -> Code:
     return finding_concept(label).concept
 
 
+def _route_node_concept(node: str) -> Code | None:
+    """The concept name of a routing node: by its exact name, else by its suffix ("mri_plane" -> plane,
+    "mri_region" / "xray_bodypart" -> target region)."""
+    key = normalise(node)
+    if key in ROUTE_NODES:
+        return ROUTE_NODES[key]
+    for suffix, concept in ROUTE_NODES.items():
+        if key.endswith(suffix) or key.endswith(suffix.replace("_", "")):
+            return concept
+    return None
+
+
 def route_value_code(node: str, label: str) -> Code:
     """The value of a routing decision of `node` (modality / region / plane / anything else -> any table)."""
-    name = ROUTE_NODES.get(normalise(node))
-    if name == MODALITY_NAME:
+    name = _route_node_concept(node)
+    # identity, not ==: pydicom's Code.__eq__ cannot compare with None
+    if name is MODALITY_NAME:
         return modality_code(label)
-    if name == TARGET_REGION:
+    if name is TARGET_REGION:
         return region_code(label)
-    if name == PLANE_NAME:
+    if name is PLANE_NAME:
         return plane_code(label)
     return label_code(label)
 
 
 def route_node_name(node: str) -> Code:
     """The concept name a routing node's decision is reported under (unknown nodes: a local code of the node name)."""
-    known = ROUTE_NODES.get(normalise(node))
+    known = _route_node_concept(node)
     if known is not None:
         return known
     return Code(normalise(node)[:16].upper(), LOCAL_SCHEME, f"Routing decision: {node}"[:64])
