@@ -33,6 +33,8 @@ DETECTORS = {
     "yolov8n": "yolov8n.yaml",
     "yolov8s": "yolov8s.yaml",
     "yolov8m": "yolov8m.yaml",
+    "yolo11n": "yolo11n.yaml",
+    "yolo11s": "yolo11s.yaml",
 }
 
 
@@ -94,6 +96,9 @@ def build_detector(arch: str, num_classes: int, class_names: Sequence[str] | Non
         path = Path(folder) / DETECTORS[arch].replace(".yaml", "-nc.yaml")
         YAML.save(path, {k: v for k, v in config.items() if k != "yaml_file"})
         model = YOLO(str(path), task="detect")
+    # The trainer rebuilds the network from this name after the temporary file is gone; the packaged yaml
+    # resolves anywhere, and the trainer takes nc from the dataset yaml.
+    model.overrides["model"] = DETECTORS[arch]
     names = list(class_names) if class_names is not None else [f"class{i}" for i in range(num_classes)]
     model.model.names = dict(enumerate(names))  # type: ignore[union-attr]
     return model

@@ -26,7 +26,7 @@ class DetectorConfig:
     """Everything that decides a detector run; written next to its results."""
 
     name: str
-    model_yaml: str
+    arch: str
     class_names: list[str]
     imgsz: int = 640
     max_epochs: int = 100
@@ -162,7 +162,7 @@ def train_detector(
         model = YOLO(str(last))
         model.train(resume=True)
     else:
-        model = build(config.model_yaml, len(config.class_names))
+        model = build(config.arch, len(config.class_names))
         arguments: dict[str, Any] = dict(
             data=str(yaml_path), imgsz=config.imgsz, epochs=config.max_epochs, batch=config.batch_size,
             workers=config.workers, patience=config.patience, seed=config.seed, deterministic=False,

@@ -286,8 +286,8 @@ def _detection_stream(stage: str, reserve_key: str, items: list[BoxedImage], cla
         left = usable - (time.monotonic() - started)
         later = sum(d.time_share for d in detectors[position:])
         seconds = max(left * detector.time_share / later, 1.0) if plan.items_per_split is None else None
-        name = Path(detector.model_yaml).stem
-        config = DetectorConfig(name=f"{stage}/{name}", model_yaml=detector.model_yaml, class_names=class_names,
+        name = detector.arch
+        config = DetectorConfig(name=f"{stage}/{name}", arch=detector.arch, class_names=class_names,
                                 imgsz=detector.imgsz, max_epochs=plan.detector_epochs, budget_seconds=seconds,
                                 batch_size=detector.batch_size, workers=plan.detector_workers, seed=plan.seed)
         try:
