@@ -170,30 +170,42 @@ def test_seg_overlay_appears_where_the_mask_is(viewing: Viewing, tmp_path: Path)
     assert red[~grow(expected, 4)].sum() < 0.1 * red.sum(), "segment colour far from the mask"
 
 
+def box_edges_missing(green: np.ndarray, box: tuple[float, float, float, float],
+                      transform: tuple[float, float, float], margin: int = 4) -> list[str]:
+    """The edges of `box` (image pixels) with no green drawn along at least 30 % of their length on screen."""
+    scale, x_offset, y_offset = transform
+    x0, y0, x1, y1 = box
+    left, right = x_offset + scale * x0, x_offset + scale * x1
+    top, bottom = y_offset + scale * y0, y_offset + scale * y1
+    edges = {"left": green[int(top):int(bottom), int(left) - margin:int(left) + margin],
+             "right": green[int(top):int(bottom), int(right) - margin:int(right) + margin],
+             "top": green[int(top) - margin:int(top) + margin, int(left):int(right)],
+             "bottom": green[int(bottom) - margin:int(bottom) + margin, int(left):int(right)]}
+    return [name for name, edge in edges.items()
+            if not edge.size or edge.any(axis=0 if name in ("top", "bottom") else 1).mean() <= 0.3]
+
+
 def test_box_sr_draws_the_detection_boxes(viewing: Viewing, tmp_path: Path) -> None:
     case = viewing.case
     detections = case.findings.series[0].detections
-    browser = OhifBrowser(tmp_path / "profile")
-    with browser as page:
-        open_study(page, viewing)
-        page.locator(THUMBNAIL, has_text="AI boxes").dblclick()
-        shot = screenshot_until(page, "ohif-mr-boxes-sr.png", greenish, timeout=8)
-        if greenish(shot).sum() <= 50:
-            # OHIF 3.13 sometimes hydrates the SR without drawing; stepping to the next measurement draws it
-            page.locator('[data-cy="viewport-action-arrows-right"]').click()
-            shot = screenshot_until(page, "ohif-mr-boxes-sr.png", greenish)
-        image = displayed_instance(page, case)
-        transform = image_to_screen(page, image)
-        assert_no_error_shown(page, browser)
-    [detection] = [d for d in detections if d.sop_instance_uid == image.SOPInstanceUID]
-    scale, x_offset, y_offset = transform
-    x0, y0, x1, y1 = detection.box
-    left, right = x_offset + scale * x0, x_offset + scale * x1
-    top, bottom = y_offset + scale * y0, y_offset + scale * y1
-    green = greenish(shot)
-    margin = 4
-    for name, edge in (("left", green[int(top):int(bottom), int(left) - margin:int(left) + margin]),
-                       ("right", green[int(top):int(bottom), int(right) - margin:int(right) + margin]),
-                       ("top", green[int(top) - margin:int(top) + margin, int(left):int(right)]),
-                       ("bottom", green[int(bottom) - margin:int(bottom) + margin, int(left):int(right)])):
-        assert edge.any(axis=0 if name in ("top", "bottom") else 1).mean() > 0.3, f"no box edge drawn at {name}"
+    missing: list[str] = []
+    # OHIF 3.13 sometimes hydrates an SR without drawing it (a race in its SR viewport, worse on a loaded
+    # machine): a radiologist reopens the series; the test reopens the viewer once, the check stays the same.
+    for attempt in range(2):
+        browser = OhifBrowser(tmp_path / f"profile{attempt}")
+        with browser as page:
+            open_study(page, viewing)
+            page.locator(THUMBNAIL, has_text="AI boxes").dblclick()
+            shot = screenshot_until(page, "ohif-mr-boxes-sr.png", greenish, timeout=8)
+            if greenish(shot).sum() <= 50:
+                # stepping to the next measurement draws an SR that was hydrated but not drawn
+                page.locator('[data-cy="viewport-action-arrows-right"]').click()
+                shot = screenshot_until(page, "ohif-mr-boxes-sr.png", greenish)
+            image = displayed_instance(page, case)
+            transform = image_to_screen(page, image)
+            assert_no_error_shown(page, browser)
+        [detection] = [d for d in detections if d.sop_instance_uid == image.SOPInstanceUID]
+        missing = box_edges_missing(greenish(shot), detection.box, transform)
+        if not missing:
+            return
+    pytest.fail(f"no box edge drawn at {', '.join(missing)} (test-artifacts/ohif-mr-boxes-sr.png)")
