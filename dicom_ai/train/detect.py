@@ -146,6 +146,8 @@ def train_detector(
     """
     from ultralytics import YOLO
 
+    # absolute: ultralytics puts a relative project under its own runs/ folder
+    out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "config.json", asdict(config))
     yaml_path = write_dataset(out_dir / "dataset", splits, config.class_names)

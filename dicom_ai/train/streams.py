@@ -239,7 +239,8 @@ def run_segment(plan: Plan, data_root: Path, out: Path, budget: float, resume: b
     results: dict[str, Any] = {}
     for position, arch in enumerate(plan.segmenter_archs):
         left = usable - (time.monotonic() - started)
-        seconds = max(left / (len(plan.segmenter_archs) - position), 1.0)
+        shares = plan.segmenter_shares or (1.0,) * len(plan.segmenter_archs)
+        seconds = max(left * shares[position] / sum(shares[position:]), 1.0)
         model_dir = stage_dir / arch
         config = SegmenterConfig(name=f"lgg/{arch}", arch=arch, input_size=size, max_epochs=plan.segmenter_epochs,
                                  budget_seconds=seconds, batch_size=plan.segmenter_batch, seed=plan.seed,
