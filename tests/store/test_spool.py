@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from io import BytesIO
 from pathlib import Path
 
@@ -11,7 +14,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 
-from dicom_ai.store.spool import INCOMING_DIR, Spool, SpoolWriteError, encode_file_meta
+from dicom_ai.store import spool as spool_module
+from dicom_ai.store.spool import INCOMING_DIR, IncomingFile, Spool, SpoolFull, SpoolWriteError, encode_file_meta
 from dicom_ai.uids import InvalidUID
 
 STUDY, SERIES, INSTANCE = "1.2.826.0.1.3680043.8.498.1", "1.2.826.0.1.3680043.8.498.1.2", "1.2.826.0.1.3.4"
@@ -97,3 +101,68 @@ def test_incomplete_writes_are_removed_and_removal_stays_inside_the_spool(tmp_pa
     with pytest.raises(ValueError):
         spool.remove(outside)
     assert outside.exists()
+
+
+def test_a_streamed_file_commits_to_the_same_bytes_as_a_whole_write(tmp_path: Path) -> None:
+    body = bytes(range(256)) * 1000  # 256 kB: past the part the incoming file keeps in memory
+    whole = Spool(tmp_path / "whole").write(STUDY, SERIES, INSTANCE, _meta(), body)
+    spool = Spool(tmp_path / "streamed")
+    incoming = spool.open_incoming(_meta())
+    for start in range(0, len(body), 40_000):
+        incoming.write(memoryview(body)[start:start + 40_000])
+    incoming.finish()
+    reader = incoming.dataset_reader()
+    assert reader.read() == body
+    reader.seek(IncomingFile.HEAD_BYTES - 10)
+    assert reader.read(20) == body[IncomingFile.HEAD_BYTES - 10:IncomingFile.HEAD_BYTES + 10]
+    assert reader.tell() == IncomingFile.HEAD_BYTES + 10
+    stored = spool.commit(incoming, STUDY, SERIES, INSTANCE)
+    assert stored.path.read_bytes() == whole.path.read_bytes()
+    assert stored.size_bytes == stored.path.stat().st_size
+    assert list(spool.incoming.iterdir()) == []
+
+
+def test_a_new_name_is_linked_before_file_and_directory_are_fsynced_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real_link, real_fsync, real_replace = os.link, os.fsync, os.replace
+    monkeypatch.setattr(spool_module.os, "link", lambda *a: (real_link(*a), calls.append("link"))[0])
+    monkeypatch.setattr(spool_module.os, "replace", lambda *a: (real_replace(*a), calls.append("replace"))[0])
+
+    def fsync(descriptor: int) -> None:
+        calls.append("fsync directory" if stat.S_ISDIR(os.fstat(descriptor).st_mode) else "fsync file")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(spool_module.os, "fsync", fsync)
+    spool = Spool(tmp_path / "spool")
+    spool.write(STUDY, SERIES, INSTANCE, _meta(), b"first")
+    # new study and series folders: their parents (series in study, study in root) are fsynced as well
+    assert calls[0] == "link" and sorted(calls[1:]) == ["fsync directory"] * 3 + ["fsync file"]
+    calls.clear()
+    spool.write(STUDY, SERIES, INSTANCE, _meta(), b"second")
+    # the name exists (the link fails): the file is durable before it replaces the old one
+    assert calls == ["fsync file", "replace", "fsync directory"]
+
+
+def test_a_failed_fsync_after_the_link_leaves_no_new_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing_fsync(descriptor: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool_module.os, "fsync", failing_fsync)
+    spool = Spool(tmp_path / "spool")
+    with pytest.raises(SpoolWriteError):
+        spool.write(STUDY, SERIES, INSTANCE, _meta(), b"data")
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_a_failure_while_streaming_is_raised_at_commit_and_leaves_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    incoming = spool.open_incoming(_meta())
+    incoming.write(b"part one")
+    incoming.failure = OSError(errno.ENOSPC, "No space left on device")
+    incoming.write(b"part two")  # dropped, never raises on the receiving thread
+    with pytest.raises(SpoolFull):
+        spool.check_incoming(incoming)
+    with pytest.raises(SpoolFull):
+        spool.commit(incoming, STUDY, SERIES, INSTANCE)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
