@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import zlib
 from io import BytesIO
+from typing import BinaryIO
 
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
@@ -25,8 +26,9 @@ def _past_header(tag: BaseTag, vr: str | None, length: int) -> bool:
     return tag > _LAST_HEADER_TAG
 
 
-def read_header(dataset_bytes: bytes, transfer_syntax: str) -> Dataset:
-    """The dataset's top-level elements of groups 0008-0020 (read stops at the first tag after (0020,FFFF)).
+def read_header(dataset: bytes | BinaryIO, transfer_syntax: str) -> Dataset:
+    """The dataset's top-level elements of groups 0008-0020 (read stops at the first tag after (0020,FFFF)), from
+    the dataset's bytes or a stream positioned at its start.
 
     Values stay raw until accessed (a malformed value raises then). Measured on a CT header: 0.47 ms, against
     0.72 ms for reading up to the pixel data.
@@ -34,13 +36,13 @@ def read_header(dataset_bytes: bytes, transfer_syntax: str) -> Dataset:
     encoding = TRANSFER_SYNTAXES.get(transfer_syntax)
     if encoding is None:
         raise UnreadableDataset(f"transfer syntax {transfer_syntax} is not accepted by this node")
-    data = dataset_bytes
+    stream: BinaryIO = BytesIO(dataset) if isinstance(dataset, (bytes, bytearray, memoryview)) else dataset
     if encoding.deflated:
         try:
-            data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(dataset_bytes)
+            stream = BytesIO(zlib.decompressobj(-zlib.MAX_WBITS).decompress(stream.read()))
         except zlib.error as exc:
             raise UnreadableDataset(f"deflated dataset cannot be inflated: {exc}") from exc
     try:
-        return read_dataset(BytesIO(data), encoding.implicit_vr, encoding.little_endian, stop_when=_past_header)
+        return read_dataset(stream, encoding.implicit_vr, encoding.little_endian, stop_when=_past_header)
     except Exception as exc:  # pydicom raises many types for malformed data
         raise UnreadableDataset(f"dataset cannot be parsed as {encoding.name}: {exc}") from exc

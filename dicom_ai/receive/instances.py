@@ -22,7 +22,6 @@ Every refusal is audited with `Database.record_refused_instance`; nothing is wri
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -32,24 +31,21 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pynetdicom.events import Event
 from sqlalchemy import bindparam, select
 
-from dicom_ai import __version__
 from dicom_ai.config import StorageSettings
+from dicom_ai.receive.file_meta import received_file_meta
 from dicom_ai.receive.header import UnreadableDataset, read_header
 from dicom_ai.receive.server import AssociationSession
+from dicom_ai.receive.streaming import incoming_file
 from dicom_ai.store.database import Database
 from dicom_ai.store.models import Instance
 from dicom_ai.store.records import ReceivedInstance
-from dicom_ai.store.spool import Spool, SpoolError, SpoolFull
+from dicom_ai.store.spool import IncomingFile, Spool, SpoolError, SpoolFull, encode_file_meta
 from dicom_ai.uids import InvalidUID, is_valid_uid, require_uid
 
 log = logging.getLogger(__name__)
 
 _STORED_PATH = select(Instance.spool_path).where(Instance.sop_instance_uid == bindparam("uid"))
 
-# Implementation Class UID (0002,0012) of files we write and associations we negotiate: a UUID-derived UID
-# (PS3.5 §B.2), fixed for the project.
-IMPLEMENTATION_CLASS_UID = f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, 'https://github.com/dicom-ai/dicom-ai').int}"
-IMPLEMENTATION_VERSION_NAME = f"DICOM_AI_{__version__}"[:16]
 _ERROR_COMMENT_MAX = 64  # Error Comment (0000,0902) is LO
 
 
@@ -116,10 +112,28 @@ class InstanceReceiver:
         return _response(status)
 
     def _store(self, event: Event, session: AssociationSession | None) -> StoreStatus:
-        _, abstract_syntax, transfer_syntax = event.context
-        dataset_bytes = event.encoded_dataset(include_meta=False)
+        incoming = incoming_file(event.request)
         try:
-            header = read_header(dataset_bytes, str(transfer_syntax))
+            return self._store_instance(event, session, incoming)
+        finally:
+            if incoming is not None:
+                incoming.discard()  # a no-op once committed; removes it after a refusal or a duplicate
+
+    def _store_instance(self, event: Event, session: AssociationSession | None,
+                        incoming: IncomingFile | None) -> StoreStatus:
+        """`incoming`: the data set streamed into the spool (dicom_ai.receive.streaming); else it is in memory."""
+        _, abstract_syntax, transfer_syntax = event.context
+        dataset: bytes | IncomingFile
+        if incoming is not None:
+            try:
+                self.spool.check_incoming(incoming)
+            except SpoolError as exc:
+                raise _spool_refusal(exc) from None
+            dataset, source = incoming, incoming.dataset_reader()
+        else:
+            dataset = source = event.encoded_dataset(include_meta=False)
+        try:
+            header = read_header(source, str(transfer_syntax))
         except UnreadableDataset as exc:
             raise Refused(StoreStatus.CANNOT_UNDERSTAND, str(exc)) from None
         identity = _identity(header, str(abstract_syntax), str(event.request.AffectedSOPClassUID or ""),
@@ -141,13 +155,19 @@ class InstanceReceiver:
                           "SOP Instance UID already received; storage.duplicate_policy = reject")
 
         calling_ae = session.calling_ae if session else ""
+        file_meta = _file_meta(identity, str(transfer_syntax), calling_ae)
         try:
-            stored = self.spool.write(identity.study_uid, identity.series_uid, identity.sop_instance_uid,
-                                      _file_meta(identity, str(transfer_syntax), calling_ae), dataset_bytes)
-        except SpoolFull as exc:
-            raise Refused(StoreStatus.OUT_OF_RESOURCES, f"spool full: {exc.strerror}") from None
+            if not isinstance(dataset, IncomingFile):
+                stored = self.spool.write(identity.study_uid, identity.series_uid, identity.sop_instance_uid,
+                                          file_meta, dataset)
+            elif dataset.meta_bytes == encode_file_meta(file_meta):  # always, as both come from checked UIDs
+                stored = self.spool.commit(dataset, identity.study_uid, identity.series_uid,
+                                           identity.sop_instance_uid)
+            else:
+                stored = self.spool.write(identity.study_uid, identity.series_uid, identity.sop_instance_uid,
+                                          file_meta, dataset.read_dataset_bytes())
         except SpoolError as exc:
-            raise Refused(StoreStatus.OUT_OF_RESOURCES, f"spool write failed: {exc.strerror}") from None
+            raise _spool_refusal(exc) from None
 
         received = _received_instance(header, identity, str(transfer_syntax), stored.size_bytes, stored.path,
                                       calling_ae, self._own_output(header))
@@ -205,15 +225,7 @@ def _identity(header: Dataset, abstract_syntax: str, command_class: str, command
 
 def _file_meta(identity: InstanceIdentity, transfer_syntax: str, calling_ae: str) -> FileMetaDataset:
     """File Meta Information (PS3.10 §7.1) for the dataset as received."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = identity.sop_class_uid
-    meta.MediaStorageSOPInstanceUID = identity.sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    if calling_ae:
-        meta.SourceApplicationEntityTitle = calling_ae
-    return meta
+    return received_file_meta(identity.sop_class_uid, identity.sop_instance_uid, transfer_syntax, calling_ae)
 
 
 def _received_instance(header: Dataset, identity: InstanceIdentity, transfer_syntax: str, size_bytes: int,
@@ -244,6 +256,12 @@ def _integer(header: Dataset, keyword: str) -> int | None:
         return None if value is None or value == "" else int(value)
     except Exception:
         return None
+
+
+def _spool_refusal(error: SpoolError) -> Refused:
+    if isinstance(error, SpoolFull):
+        return Refused(StoreStatus.OUT_OF_RESOURCES, f"spool full: {error.strerror}")
+    return Refused(StoreStatus.OUT_OF_RESOURCES, f"spool write failed: {error.strerror}")
 
 
 def _response(status: StoreStatus, reason: str = "") -> Dataset:

@@ -20,7 +20,8 @@ from pynetdicom.sop_class import Verification
 
 from dicom_ai.config import Settings
 from dicom_ai.receive.access import AccessPolicy
-from dicom_ai.receive.instances import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, InstanceReceiver
+from dicom_ai.receive.file_meta import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from dicom_ai.receive.instances import InstanceReceiver
 from dicom_ai.receive.server import Gate, NodeServer
 from dicom_ai.receive.tls import server_tls_context
 from dicom_ai.store.database import Database
@@ -76,7 +77,8 @@ class Listener:
             contexts=ae.supported_contexts,
             evt_handlers=[(evt.EVT_C_STORE, self.receiver.handle_store)],
             server_class=NodeServer,
-            gate=Gate(AccessPolicy(node.ae_title, self.settings.access, dict(self.settings.nodes)), self.database),
+            gate=Gate(AccessPolicy(node.ae_title, self.settings.access, dict(self.settings.nodes)), self.database,
+                      self.spool),
             tls_context=server_tls_context(tls) if tls.enabled else None,
             handshake_timeout=tls.handshake_timeout,
         )

@@ -20,7 +20,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
+from pydicom.dataset import Dataset
 from pynetdicom import evt
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ASSOCIATE
@@ -30,13 +37,32 @@ from pynetdicom.utils import make_target
 from dicom_ai.receive.access import AccessPolicy
 from dicom_ai.receive.contexts import contexts_for_request
 from dicom_ai.receive.reactors import BulkReadingSocket, WaitingDUL, run_acceptor_reactor
-from dicom_ai.receive.responses import StoreResponseDIMSE
+from dicom_ai.receive.file_meta import received_file_meta
+from dicom_ai.receive.streaming import SpoolingDIMSE
 from dicom_ai.store.database import Database
 from dicom_ai.store.records import AssociationOutcome
+from dicom_ai.store.spool import IncomingFile, Spool
 
 log = logging.getLogger(__name__)
 
 MODE_ACCEPTOR = "acceptor"
+
+# pynetdicom binds these to every association; they only write its INFO/DEBUG log, yet run for every PDU and DIMSE
+# message (the C-STORE one copies the whole received dataset to see that it is not empty).
+_LOGGING_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
+
+
+def _unbind_silent_logging(target: Any) -> None:
+    """Unbind pynetdicom's logging handlers from a server or association unless its logger would show them."""
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.INFO):
+        return
+    for event, handler in _LOGGING_HANDLERS:
+        target.unbind(event, handler)
 
 
 @dataclass
@@ -54,10 +80,12 @@ class AssociationSession:
 
 @dataclass(frozen=True)
 class Gate:
-    """What every association of the server needs: the access policy and the audit database."""
+    """What every association of the server needs: the access policy, the audit database, and the spool that
+    C-STORE data sets are streamed into (None: they are received in memory)."""
 
     policy: AccessPolicy
     database: Database
+    spool: Spool | None = None
 
 
 class NodeACSE(ACSE):
@@ -108,9 +136,27 @@ class NodeAssociation(Association):
         self.session: AssociationSession | None = None
         self.acse = NodeACSE(self)
         self.dul = WaitingDUL(self)
-        self.dimse = StoreResponseDIMSE(self)
+        self.dimse = SpoolingDIMSE(self, self._open_incoming)
         # The timeouts live partly in the DUL's timers: apply them to the replacement DUL.
         self.acse_timeout, self.network_timeout = ae.acse_timeout, ae.network_timeout
+
+    def _bind_defaults(self) -> None:
+        super()._bind_defaults()
+        _unbind_silent_logging(self)
+
+    def _open_incoming(self, command: Dataset, context_id: int) -> IncomingFile | None:
+        """The spool file a C-STORE data set is streamed into (dicom_ai.receive.streaming)."""
+        context = self._accepted_cx.get(context_id)
+        if self.gate.spool is None or context is None or not context.transfer_syntax:
+            return None
+        meta = received_file_meta(str(command.get("AffectedSOPClassUID", "") or ""),
+                                  str(command.get("AffectedSOPInstanceUID", "") or ""),
+                                  str(context.transfer_syntax[0]), self.session.calling_ae if self.session else "")
+        try:
+            return self.gate.spool.open_incoming(meta)
+        except (OSError, ValueError) as exc:  # e.g. no space: the handler's own attempt answers for it
+            log.debug("data set received in memory: %s", exc)
+            return None
 
     def _run_reactor(self) -> None:
         run_acceptor_reactor(self)
@@ -168,6 +214,10 @@ class NodeServer(ThreadedAssociationServer):
         self._connections_lock = threading.Lock()
         super().__init__(ae, address, ae_title, contexts, None, evt_handlers, NodeRequestHandler)
 
+    def _bind_defaults(self) -> None:
+        super()._bind_defaults()
+        _unbind_silent_logging(self)
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
         client, address = self.socket.accept()
@@ -192,6 +242,7 @@ class NodeServer(ThreadedAssociationServer):
             handler = NodeRequestHandler(connection, client_address, self)
             association = handler.association
             association.join()
+            association.dimse.discard_unhandled()
             self._close_session(association)
         except Exception:
             log.exception("connection from %s:%s failed", *client_address[:2])
