@@ -28,6 +28,12 @@ INPUT_MEAN = 0.5
 INPUT_STD = 0.25
 
 Builder = Callable[[str, int], torch.nn.Module]
+# VGG16 has no batch normalisation: from scratch it needs a smaller step than the others.
+LEARNING_RATES = {"vgg16": 1e-4}
+
+
+def learning_rate_for(arch: str) -> float:
+    return LEARNING_RATES.get(arch, 1e-3)
 
 
 @dataclass(frozen=True)

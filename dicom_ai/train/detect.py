@@ -85,13 +85,30 @@ def write_dataset(out_dir: Path, splits: dict[str, Sequence[BoxedImage]], class_
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"path: {out_dir.resolve()}"]
     for split, items in splits.items():
-        (out_dir / f"{split}.txt").write_text("".join(f"{item.path.resolve()}\n" for item in items))
+        (out_dir / f"{split}.txt").write_text("".join(f"{item.path.absolute()}\n" for item in items))
         lines.append(f"{split}: {split}.txt")
     lines.append("names:")
     lines += [f"  {i}: {name}" for i, name in enumerate(class_names)]
     yaml_path = out_dir / "dataset.yaml"
     yaml_path.write_text("\n".join(lines) + "\n")
     return yaml_path
+
+
+def staged_items(items: Sequence[BoxedImage], folder: Path) -> list[BoxedImage]:
+    """The items as links under `folder/images` with copies of their labels under `folder/labels`, so ultralytics
+    writes its `labels.cache` there and not beside the (possibly shared, read-only) data."""
+    staged = []
+    for position, item in enumerate(items):
+        image = folder / "images" / f"{position:06d}_{item.path.name}"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        image.symlink_to(item.path.absolute())
+        label = None
+        if item.label_path is not None and item.label_path.is_file():
+            label = folder / "labels" / f"{image.stem}.txt"
+            label.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item.label_path, label)
+        staged.append(BoxedImage(image, label, item.group, item.stratum))
+    return staged
 
 
 def read_yolo_boxes(label_path: Path | None, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,6 +147,65 @@ def matched_box_statistics(model: Any, items: Sequence[BoxedImage], imgsz: int, 
             "image_level_confusion": image_confusion, "conf_threshold": conf}
 
 
+def ultralytics_device(requested: str) -> str:
+    """`auto` -> the first CUDA device ("0") when present, else "cpu"; anything else as given."""
+    if requested != "auto":
+        return requested
+    import torch
+
+    return "0" if torch.cuda.is_available() else "cpu"
+
+
+def score_detector(weights: Path, yaml_path: Path, items: Sequence[BoxedImage], class_names: Sequence[str],
+                   imgsz: int, batch_size: int, device: str, plots_dir: Path,
+                   conf: float = 0.25) -> dict[str, Any]:
+    """A checkpoint on the `test` list of `yaml_path`: ultralytics val (mAP, P, R, box confusion matrix with
+    background, its PR curve and example batches in `plots_dir`) and `matched_box_statistics` over `items`."""
+    from ultralytics import YOLO
+
+    tested = YOLO(str(weights))
+    metrics = tested.val(data=str(yaml_path), split="test", imgsz=imgsz, batch=batch_size, device=device, plots=True,
+                         verbose=False, project=str(plots_dir.parent), name=plots_dir.name, exist_ok=True)
+    box = metrics.box
+    return {
+        "mAP50": float(box.map50), "mAP50_95": float(box.map), "precision": float(box.mp), "recall": float(box.mr),
+        "per_class_mAP50": {class_names[int(c)]: float(v) for c, v in zip(box.ap_class_index, box.ap50, strict=False)},
+        "confusion_matrix": metrics.confusion_matrix.matrix.astype(int).tolist(),
+        "confusion_labels": [*class_names, "background"],
+        "images": len(items),
+        **matched_box_statistics(tested, items, imgsz, conf, device),
+    }
+
+
+def validation_summary(run_dir: Path) -> dict[str, float | int]:
+    """Epochs trained and the validation metrics of the epoch ultralytics kept as best.pt (highest mAP50-95,
+    its fitness), from `run_dir/results.csv`; empty when there is no such file."""
+    import csv
+
+    path = run_dir / "results.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as handle:
+        rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(handle)]
+    if not rows:
+        return {}
+    best = max(rows, key=lambda r: float(r["metrics/mAP50-95(B)"]))
+    return {"epochs": len(rows), "best_epoch": int(float(best["epoch"])),
+            "val_mAP50": float(best["metrics/mAP50(B)"]), "val_mAP50_95": float(best["metrics/mAP50-95(B)"])}
+
+
+def _report_epochs(model: Any, name: str, progress: Callable[[str], None]) -> None:
+    """One progress line per finished epoch, in the same form as the other loops ("epoch N/M")."""
+
+    def report(trainer: Any) -> None:
+        metrics = getattr(trainer, "metrics", {}) or {}
+        progress(f"[{name}] epoch {trainer.epoch + 1}/{trainer.epochs} val mAP50 "
+                 f"{float(metrics.get('metrics/mAP50(B)', 0.0)):.4f} mAP50-95 "
+                 f"{float(metrics.get('metrics/mAP50-95(B)', 0.0)):.4f}")
+
+    model.add_callback("on_fit_epoch_end", report)
+
+
 def train_detector(
     config: DetectorConfig,
     splits: dict[str, Sequence[BoxedImage]],
@@ -151,20 +227,18 @@ def train_detector(
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "config.json", asdict(config))
     yaml_path = write_dataset(out_dir / "dataset", splits, config.class_names)
-    device = config.device
-    if device == "auto":
-        import torch
-
-        device = "0" if torch.cuda.is_available() else "cpu"
+    device = ultralytics_device(config.device)
     run_dir = out_dir / "run"
     last = run_dir / "weights" / "last.pt"
     started = time.monotonic()
     if resume and last.is_file():
         progress(f"[{config.name}] resuming {last}")
         model = YOLO(str(last))
+        _report_epochs(model, config.name, progress)
         model.train(resume=True)
     else:
         model = build(config.arch, len(config.class_names))
+        _report_epochs(model, config.name, progress)
         arguments: dict[str, Any] = dict(
             data=str(yaml_path), imgsz=config.imgsz, epochs=config.max_epochs, batch=config.batch_size,
             workers=config.workers, patience=config.patience, seed=config.seed, deterministic=False,
@@ -178,25 +252,9 @@ def train_detector(
     best = run_dir / "weights" / "best.pt"
     if not best.is_file():
         best = last
-    tested = YOLO(str(best))
-    metrics = tested.val(data=str(yaml_path), split="test", imgsz=config.imgsz, batch=config.batch_size,
-                         device=device, plots=True, verbose=False, project=str(out_dir), name="test",
-                         exist_ok=True)
-    box = metrics.box
-    summary: dict[str, Any] = {
-        "test": {
-            "mAP50": float(box.map50), "mAP50_95": float(box.map), "precision": float(box.mp),
-            "recall": float(box.mr),
-            "per_class_mAP50": {config.class_names[int(c)]: float(v)
-                                for c, v in zip(box.ap_class_index, box.ap50, strict=False)},
-            "confusion_matrix": metrics.confusion_matrix.matrix.astype(int).tolist(),
-            "confusion_labels": [*config.class_names, "background"],
-            "images": len(splits["test"]),
-            **matched_box_statistics(tested, splits["test"], config.imgsz, config.conf_threshold, device),
-        },
-        "train_seconds": train_seconds,
-        "weights": str(best),
-    }
+    test = score_detector(best, yaml_path, splits["test"], config.class_names, config.imgsz, config.batch_size,
+                          device, out_dir / "test", config.conf_threshold)
+    summary: dict[str, Any] = {"test": test, "train_seconds": train_seconds, "weights": str(best)}
     write_json(out_dir / "metrics.json", summary)
     progress(f"[{config.name}] test mAP50 {summary['test']['mAP50']:.3f} mAP50-95 {summary['test']['mAP50_95']:.3f}")
     return summary

@@ -14,9 +14,26 @@ import numpy as np
 from dicom_ai.pipeline.pixels import letterbox, load_image_file
 
 
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def load_training_image(path: Path) -> np.ndarray:
+    """H x W float [0, 1]: an image file through `load_image_file`, a DICOM file (`.dcm`) through the pipeline's
+    own `load_frames` (Modality/VOI LUT, MONOCHROME1, colour), its middle frame for a multi-frame object."""
+    if path.suffix.lower() not in DICOM_SUFFIXES:
+        return load_image_file(path)
+    import pydicom
+
+    from dicom_ai.pipeline.pixels import load_frames
+
+    frames = load_frames(pydicom.dcmread(path))
+    return frames[len(frames) // 2].image
+
+
 def model_input(path: Path, size: int) -> np.ndarray:
-    """One image file -> the (size, size) uint8 grey image the model is trained on (pipeline preprocessing)."""
-    return to_uint8(letterbox_image(load_image_file(path), size))
+    """One image or DICOM file -> the (size, size) uint8 grey image the model is trained on (pipeline
+    preprocessing)."""
+    return to_uint8(letterbox_image(load_training_image(path), size))
 
 
 def letterbox_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -39,6 +56,18 @@ def load_stack(paths: Sequence[Path], size: int, workers: int = 8) -> np.ndarray
     if not images:
         return np.zeros((0, 1, size, size), dtype=np.uint8)
     return np.stack(images)[:, None]
+
+
+def load_mask(path: Path, size: int) -> np.ndarray:
+    """A binary mask file -> (size, size) uint8 0/1 through the same letterbox as its image."""
+    import cv2
+
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise FileNotFoundError(f"mask missing or unreadable: {path}")
+    if mask.shape != (size, size):
+        mask = (letterbox_image((mask > 127).astype(np.float32), size) > 0.5).astype(np.uint8) * 255
+    return (mask > 127).astype(np.uint8)
 
 
 def letterbox_stack(images: Sequence[np.ndarray], size: int) -> np.ndarray:

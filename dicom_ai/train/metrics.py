@@ -49,6 +49,31 @@ def classification_metrics(
                                  matrix.tolist(), total)
 
 
+def precision_recall_curve(scores: Sequence[float] | np.ndarray,
+                           positives: Sequence[bool] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall at every distinct score used as the threshold (highest first).
+
+    No positive at all: recall is 0 everywhere. No items: two empty arrays.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = np.asarray(positives, dtype=bool)
+    order = np.argsort(-scores, kind="stable")
+    scores, positives = scores[order], positives[order]
+    last_of_each_score = np.flatnonzero(np.r_[scores[1:] != scores[:-1], True]) if len(scores) else np.zeros(0, int)
+    true_positives = np.cumsum(positives)[last_of_each_score]
+    predicted = last_of_each_score + 1
+    total = int(positives.sum())
+    precision = true_positives / predicted
+    recall = true_positives / total if total else np.zeros(len(true_positives))
+    return precision, recall
+
+
+def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
+    """Area under the step-wise PR curve: sum of precision times the recall gained at each threshold."""
+    gained = np.diff(np.r_[0.0, np.asarray(recall, dtype=np.float64)])
+    return float(np.sum(gained * np.asarray(precision, dtype=np.float64)))
+
+
 def dice_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Dice and IoU of two boolean masks; both empty counts as a perfect match (1.0, 1.0)."""
     p, t = predicted.astype(bool), truth.astype(bool)
@@ -141,3 +166,17 @@ def match_boxes(
             used.add(j)
             matches.append((int(i), int(j), float(iou)))
     return matches
+
+
+# The numbers a model's manifest entry and card carry, and `dicom-ai evaluate` reports under the same names.
+HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
+    "classify": ("accuracy",),
+    "segment": ("tumour_slice_dice", "tumour_slice_iou", "volume_dice", "mean_iou_with_background"),
+    "detect": ("mAP50", "mAP50_95", "precision", "recall", "matched_box_mean_iou"),
+}
+
+
+def headline_metrics(task: str, test: dict[str, object]) -> dict[str, float]:
+    """The task's headline numbers out of a full test-metrics dict (missing ones left out)."""
+    return {name: float(test[name]) for name in HEADLINE_METRICS[task]  # type: ignore[arg-type]
+            if isinstance(test.get(name), (int, float))}

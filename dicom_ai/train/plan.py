@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_ai.train.presets import PLANS
+from dicom_ai.train.provenance import machine
 
 STREAM_NAMES = ("classify", "segment", "detect_brain", "detect_fracture")
 # Shipping choice among near-equal candidates (validation metric within this margin): the smaller model for
@@ -105,7 +106,7 @@ def run_plan(plan_name: str, data: Path, out: Path, budget: float, streams: Sequ
             for name in children:
                 if name not in ended:
                     _say(f"  {name}: {_last_line(logs / f'{name}.log')}")
-    status = {"plan": plan_name, "budget_seconds": budget, "streams": ended, "hardware": _hardware(),
+    status = {"plan": plan_name, "budget_seconds": budget, "streams": ended, "hardware": machine(),
               "wall_seconds": round(time.monotonic() - started, 1)}
     (out / "run_status.json").write_text(json.dumps(status, indent=2) + "\n")
     _say(f"all streams ended after {status['wall_seconds']}s: "
@@ -125,18 +126,6 @@ def _stop(child: subprocess.Popen[bytes]) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
-
-
-def _hardware() -> dict[str, Any]:
-    import platform
-
-    import torch
-
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def _read_json(path: Path) -> dict[str, Any]:
