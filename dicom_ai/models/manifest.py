@@ -70,6 +70,11 @@ class ModelSpec:
         return Path(models_dir) / self.weights
 
 
+def is_valid_model_name(name: str) -> bool:
+    """Lower-case letters, digits, '_' or '-', starting with a letter or digit (a folder and a TOML key)."""
+    return bool(_NAME.match(name))
+
+
 def _relative(value: str) -> bool:
     path = PurePosixPath(value)
     return bool(value) and not path.is_absolute() and ".." not in path.parts and "\\" not in value
@@ -77,7 +82,7 @@ def _relative(value: str) -> bool:
 
 def _problems(spec: ModelSpec) -> list[str]:
     problems: list[str] = []
-    if not isinstance(spec.name, str) or not _NAME.match(spec.name):
+    if not isinstance(spec.name, str) or not is_valid_model_name(spec.name):
         problems.append("name must be lower-case letters, digits, '_' or '-'")
     if spec.task not in TASKS:
         problems.append(f"task {spec.task!r} is not one of {', '.join(TASKS)}")
@@ -247,5 +252,5 @@ def upsert_model_spec(models_dir: Path, spec: ModelSpec) -> Path:
     return path
 
 
-__all__ = ["MANIFEST_NAME", "TASKS", "ManifestError", "ModelSpec", "Task", "read_manifest", "read_manifest_entries",
-           "render_manifest", "upsert_model_spec"]
+__all__ = ["MANIFEST_NAME", "TASKS", "ManifestError", "ModelSpec", "Task", "is_valid_model_name", "read_manifest",
+           "read_manifest_entries", "render_manifest", "upsert_model_spec"]

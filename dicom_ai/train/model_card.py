@@ -1,0 +1,148 @@
+"""MODEL_CARD.md of an installed model: what it is, what it learned from (under which licence), how the data was
+split, where and for how long it trained, its test metrics and, for a plan run, the candidates it was chosen from."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dicom_ai.models.manifest import Task
+from dicom_ai.train.metrics import headline_metrics
+from dicom_ai.train.sources import DATASET_TASKS
+from dicom_ai.train.splits import SPLIT_NAMES
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One architecture trained for the same stage, with its validation and test numbers."""
+
+    arch: str
+    validation: Mapping[str, float]
+    test: Mapping[str, float]
+    epochs: int | None
+    train_seconds: float | None
+    selected: bool
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """The facts a card states; `render_card` writes them as markdown."""
+
+    name: str
+    version: str
+    task: Task
+    architecture: str
+    classes: Sequence[str]
+    input_size: int
+    dataset: str
+    data_location: str
+    licence: str
+    split_counts: Mapping[str, int]
+    split_fingerprint: str
+    seed: int
+    trained_by: str
+    machine: str
+    train_seconds: float | None
+    wall_seconds: float | None
+    epochs: int | None
+    best_epoch: int | None
+    test: Mapping[str, Any]
+    selection: str = ""
+    candidates: Sequence[Candidate] = ()
+
+    @property
+    def headline(self) -> dict[str, float]:
+        return headline_metrics(self.task, dict(self.test))
+
+    @property
+    def trained_on(self) -> str:
+        """One line for the manifest's `trained_on`."""
+        counts = " / ".join(f"{k} {self.split_counts[k]}" for k in SPLIT_NAMES if k in self.split_counts)
+        return f"{self.dataset} (seed {self.seed}: {counts}); {self.trained_by}"
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "–" if value is None else str(value)
+
+
+def _seconds(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f} s ({value / 60:.1f} min)"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_number(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def _input_line(card: ModelCard) -> str:
+    if card.task == "detect":
+        return (f"grey image letterboxed to {card.input_size} × {card.input_size}, in [0, 1], repeated to 3 channels "
+                "(ultralytics' own input)")
+    return (f"grey image letterboxed to {card.input_size} × {card.input_size}, scaled to [0, 1], "
+            "normalised (x − 0.5) / 0.25 (the pipeline's preprocessing)")
+
+
+def _classification_details(test: Mapping[str, Any]) -> list[str]:
+    classes = list(test.get("classes", []))
+    if not classes:
+        return []
+    precision, recall = test.get("precision", {}), test.get("recall", {})
+    lines = ["", "Per class:", ""]
+    lines += _table(["class", "precision", "recall"], [[c, precision.get(c), recall.get(c)] for c in classes])
+    confusion = test.get("confusion")
+    if confusion:
+        lines += ["", "Confusion matrix (rows = truth, columns = prediction):", ""]
+        lines += _table(["", *classes], [[c, *row] for c, row in zip(classes, confusion)])
+    return lines
+
+
+def _candidates(card: ModelCard) -> list[str]:
+    if not card.candidates:
+        return []
+    validation = sorted({k for c in card.candidates for k in c.validation})
+    test = sorted({k for c in card.candidates for k in c.test})
+    rows = [[c.arch + (" (selected)" if c.selected else ""), *(c.validation.get(k) for k in validation),
+             *(c.test.get(k) for k in test), c.epochs, _seconds(c.train_seconds)] for c in card.candidates]
+    header = ["architecture", *validation, *(f"test {k}" for k in test), "epochs", "training time"]
+    return ["", "## Candidates (chosen on the validation split only)", "", card.selection, "", *_table(header, rows)]
+
+
+def render_card(card: ModelCard) -> str:
+    """The markdown text of MODEL_CARD.md."""
+    counts = ", ".join(f"{k} {card.split_counts[k]}" for k in SPLIT_NAMES if k in card.split_counts)
+    lines = [
+        f"# {card.name}: {card.task}, {card.architecture}",
+        "",
+        f"- Version: {card.version}",
+        f"- Classes (output order): {', '.join(card.classes)}",
+        f"- Input: {_input_line(card)}",
+        "",
+        "## Training data",
+        "",
+        f"- Dataset: {card.dataset} ({card.data_location})",
+        f"- Licence: {card.licence}",
+        f"- Split: seed {card.seed}, whole groups (patient / study) on one side: {counts}; "
+        f"fingerprint `{card.split_fingerprint}`",
+        "",
+        "## Training",
+        "",
+        f"- How: {card.trained_by}",
+        f"- Where: {card.machine}",
+        f"- Epochs: {_number(card.epochs)} (best validation epoch {_number(card.best_epoch)})",
+        f"- Training time: {_seconds(card.train_seconds)}; wall time of the whole run: {_seconds(card.wall_seconds)}",
+        "",
+        f"## Test metrics ({card.split_counts.get('test', '?')} items of the test split)",
+        "",
+        *_table(["metric", "value"], [[k, v] for k, v in card.headline.items()]),
+    ]
+    if card.task == "classify":
+        lines += _classification_details(card.test)
+    lines += _candidates(card)
+    if card.dataset in DATASET_TASKS:
+        lines += ["", f"Re-score: `dicom-ai evaluate {card.name} --models-dir <models> --dataset {card.dataset} "
+                      f"--data <shared/data> --seed {card.seed}`"]
+    return "\n".join(lines) + "\n"
