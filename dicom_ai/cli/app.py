@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,5 +34,16 @@ def settings_or_exit(config: Path | None, overrides: dict[tuple[str, str], objec
     try:
         return load_settings(config, overrides)
     except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def exit_2_on(*errors: type[BaseException]) -> Iterator[None]:
+    """Bad input (any of `errors`: a missing folder, an unknown name, a model not in the manifest) -> its message as
+    `error: ...` and exit 2, like a usage error; anything else still raises."""
+    try:
+        yield
+    except errors as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

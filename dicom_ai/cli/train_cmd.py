@@ -43,3 +43,34 @@ def pack_data(
     from dicom_ai.train.pack import main as pack_main
 
     raise typer.Exit(pack_main(["--source", str(source), "--dest", str(dest)]))
+
+
+@train_app.command("install")
+def install_results(
+    results: Annotated[Path, typer.Argument(metavar="RESULTS_DIR",
+                                            help="The --out folder of a plan run (export/selection.json inside).")],
+    models: Annotated[Path, typer.Option("--models", help="Models folder (manifest.toml, one folder per model).")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="shared/data: copies each dataset's licence "
+                                                 "into the model card.")] = None,
+    routing: Annotated[Optional[Path], typer.Option("--routing", help="Routing file whose class names the "
+                                                    "classifiers must match (default: MODELS/routing.toml).")] = None,
+) -> None:
+    """Install the models a plan run selected: weights, MODEL_CARD.md (all candidates on val and test), manifest."""
+    from dicom_ai.cli.app import exit_2_on
+    from dicom_ai.models.manifest import ManifestError
+    from dicom_ai.pipeline.routing import RoutingError
+    from dicom_ai.train.install import InstallError, verify_installed
+    from dicom_ai.train.plan_install import install_plan_results
+
+    if not results.is_dir():
+        raise typer.BadParameter(f"{results} is not a folder", param_hint="RESULTS_DIR")
+    routing_file = routing or (models / "routing.toml")
+    with exit_2_on(InstallError, ManifestError, RoutingError):
+        specs, skipped = install_plan_results(results, models, data,
+                                              routing_file if routing_file.is_file() or routing else None)
+    for spec in specs:
+        verify_installed(models, spec.name)
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in spec.metrics.items())
+        typer.echo(f"installed {spec.name}: {spec.task} {spec.architecture} {spec.input_size}px, test {metrics}")
+    for stage, reason in skipped.items():
+        typer.echo(f"skipped {stage}: {reason}")

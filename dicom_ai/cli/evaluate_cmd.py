@@ -1,0 +1,62 @@
+"""`dicom-ai evaluate NAME`: an installed model scored on its set's test split (or a folder), as markdown, JSON
+and plots.
+
+    dicom-ai evaluate lgg --data ../shared/data --json lgg.json --plots plots/      # lgg's test split
+    dicom-ai evaluate mri_region --folder DIR --limit 50                             # every item of DIR
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from dicom_ai.cli.app import app, exit_2_on
+from dicom_ai.cli.train_model_cmd import data_or_folder
+
+
+@app.command()
+def evaluate(
+    name: Annotated[str, typer.Argument(help="The model's name in the manifest.")],
+    data: Annotated[Optional[Path], typer.Option("--data", help="shared/data (or a packed copy): the test split "
+                                                 "of --dataset is scored.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", help="The named set the model was trained on "
+                                                   "(default: the model's name).")] = None,
+    folder: Annotated[Optional[Path], typer.Option("--folder", help="Instead: every item of a folder in the "
+                                                   "task's layout (see `dicom-ai train classify --help`).")] = None,
+    models_dir: Annotated[Path, typer.Option("--models-dir", help="Models folder (manifest.toml).")] = Path("models"),
+    seed: Annotated[int, typer.Option("--seed", help="Split seed the model was trained with.")] = 0,
+    max_items: Annotated[Optional[int], typer.Option("--max-items", help="The cap the training run used, if "
+                                                     "any (same split).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Score only the first N test items in a "
+                                                 "stable order (a fixed small sample).")] = None,
+    json_file: Annotated[Optional[Path], typer.Option("--json", help="Write the full result as JSON here.")] = None,
+    plots: Annotated[Optional[Path], typer.Option("--plots", help="Write PNG plots into this folder.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Score an installed model: accuracy and per-class P/R, mAP and matched-box IoU, or Dice and IoU."""
+    from dicom_ai.models.device import DeviceUnavailable
+    from dicom_ai.models.registry import ModelRegistry, ModelUnavailable
+    from dicom_ai.train.datasets import DatasetError
+    from dicom_ai.train.evaluate import evaluate_model, markdown_report
+    from dicom_ai.train.sources import training_set
+
+    if limit is not None and limit < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--limit")
+    if folder is None and data is not None:
+        dataset = dataset or name
+    location = data_or_folder(dataset, data, folder)
+    with exit_2_on(ModelUnavailable, DatasetError, DeviceUnavailable):
+        registry = ModelRegistry(models_dir, device=device)
+        spec = registry.spec(name)
+        source = training_set(spec.task, location, dataset)
+        evaluation = evaluate_model(registry, name, source, seed=seed, cap=max_items, limit=limit,
+                                    whole=folder is not None, plots_dir=plots)
+    typer.echo(markdown_report(evaluation))
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        json_file.write_text(json.dumps(evaluation.to_dict(), indent=2, sort_keys=True, default=str) + "\n")
+    for plot in evaluation.plots:
+        typer.echo(f"wrote {plot}")
