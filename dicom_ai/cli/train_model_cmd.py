@@ -123,8 +123,9 @@ def _train(task: str, data: Path, dataset: str | None, out: Path, request: "RunR
 
 def _register(task: str, defaults: TaskDefaults) -> None:
     def command(
-        out: Annotated[Path, typer.Option("--out", help="Run folder: split.json, config.json, run.json, log.csv, "
-                                                          "checkpoints, metrics.json (test), plots.")],
+        out: Annotated[Optional[Path], typer.Option("--out", help="Run folder: split.json, config.json, run.json, "
+                                                    "log.csv, checkpoints, metrics.json (test), plots (default "
+                                                    "runs/<name, dataset or folder>).")] = None,
         dataset: Annotated[Optional[str], typer.Option("--dataset", help=DATASETS_HELP)] = None,
         data: Annotated[Optional[Path], typer.Option("--data", help="shared/data (or a packed copy), with "
                                                      "--dataset.")] = None,
@@ -159,6 +160,7 @@ def _register(task: str, defaults: TaskDefaults) -> None:
 
         _check_request(task, dataset, arch, input_size, install, name)
         location = data_or_folder(dataset, data, folder)
+        out = out or Path("runs") / (name or dataset or location.stem)
         request = RunRequest(arch=arch, input_size=input_size, epochs=epochs, batch_size=batch, seed=seed,
                              budget_seconds=budget_seconds, patience=patience, lr=lr, max_items=max_items,
                              max_steps=max_steps, device=device, workers=workers, resume=resume)

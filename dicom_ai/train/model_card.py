@@ -50,6 +50,7 @@ class ModelCard:
     test: Mapping[str, Any]
     selection: str = ""
     candidates: Sequence[Candidate] = ()
+    cap: int | None = None  # items per split (per class) the run was limited to; evaluate needs it for the same split
 
     @property
     def headline(self) -> dict[str, float]:
@@ -125,8 +126,9 @@ def render_card(card: ModelCard) -> str:
         "",
         f"- Dataset: {card.dataset} ({card.data_location})",
         f"- Licence: {card.licence}",
-        f"- Split: seed {card.seed}, whole groups (patient / study) on one side: {counts}; "
-        f"fingerprint `{card.split_fingerprint}`",
+        f"- Split: seed {card.seed}, whole groups (patient / study) on one side: {counts}"
+        + (f" (capped at {card.cap} per split and class)" if card.cap else "")
+        + f"; fingerprint `{card.split_fingerprint}`",
         "",
         "## Training",
         "",
@@ -144,5 +146,6 @@ def render_card(card: ModelCard) -> str:
     lines += _candidates(card)
     if card.dataset in DATASET_TASKS:
         lines += ["", f"Re-score: `dicom-ai evaluate {card.name} --models-dir <models> --dataset {card.dataset} "
-                      f"--data <shared/data> --seed {card.seed}`"]
+                      f"--data <shared/data> --seed {card.seed}" + (f" --max-items {card.cap}" if card.cap else "")
+                      + "`"]
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ from dicom_ai.train.detect import validation_summary
 from dicom_ai.train.install import InstallError, install_model
 from dicom_ai.train.metrics import headline_metrics
 from dicom_ai.train.model_card import Candidate, ModelCard
+from dicom_ai.train.presets import PLANS
 from dicom_ai.train.provenance import describe_machine
 from dicom_ai.train.sources import DATASET_TASKS, SEGMENTATION_CLASSES, dataset_licence
 
@@ -106,7 +107,8 @@ def planned_installs(results: Path, data_root: Path | None) -> tuple[list[Planne
             trained_by=f"plan `{plan}` (dicom_ai.train.plan), results {results}",
             machine=where, train_seconds=entry.get("train_seconds"), wall_seconds=status.get("wall_seconds"),
             epochs=epochs, best_epoch=best_epoch, test=entry.get("test", {}), selection=chosen.get("reason", ""),
-            candidates=_candidates(stage_dir, task, summary.get("candidates", {}), arch))
+            candidates=_candidates(stage_dir, task, summary.get("candidates", {}), arch),
+            cap=PLANS[plan].items_per_split if plan in PLANS else None)
         planned.append(PlannedInstall(card, weights))
     return planned, skipped
 

@@ -176,4 +176,4 @@ def run_card(outcome: RunOutcome, name: str, version: str) -> ModelCard:
         trained_by=f"`dicom-ai train {outcome.task}`, run folder {outcome.out_dir}",
         machine=describe_machine(record["machine"]), train_seconds=outcome.train_seconds,
         wall_seconds=record["wall_seconds"], epochs=outcome.epochs, best_epoch=outcome.best_epoch,
-        test=outcome.test)
+        test=outcome.test, cap=record["request"]["max_items"])

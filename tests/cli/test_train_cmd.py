@@ -85,7 +85,7 @@ def test_segment_on_lgg_then_evaluate_scores_the_same_test_split(tmp_path: Path)
            32, "--epochs", 1, "--batch", 4, "--max-steps", 1, "--max-items", 4, "--device", "cpu",
            "--install", models, "--name", "lgg")
     card = (models / "lgg" / "MODEL_CARD.md").read_text()
-    assert "CC BY-NC-SA 4.0" in card and "tumour_slice_dice" in card
+    assert "CC BY-NC-SA 4.0" in card and "tumour_slice_dice" in card and "--max-items 4`" in card
     invoke("evaluate", "lgg", "--models-dir", models, "--data", DATA, "--max-items", 4,
            "--json", tmp_path / "e.json", "--plots", tmp_path / "plots")
     result = json.loads((tmp_path / "e.json").read_text())

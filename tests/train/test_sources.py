@@ -119,3 +119,18 @@ def test_stable_order_ignores_listing_order_and_mixes_classes() -> None:
     backward = [backward_keys[i] for i in stable_order(backward_keys, range(len(keys)))]
     assert forward == backward
     assert {k.split("/")[0] for k in forward[:6]} == {"CT", "MR"}
+
+
+def test_dicom_files_in_patient_folders_are_decoded_by_the_pipeline_and_grouped(tmp_path: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    for label, name in (("CT", "CT_small.dcm"), ("MR", "MR_small.dcm")):
+        for patient in ("p1", "p2"):
+            target = tmp_path / label / patient / "1.dcm"
+            target.parent.mkdir(parents=True)
+            target.write_bytes(Path(get_testdata_file(name)).read_bytes())
+    source = training_set("classify", tmp_path)
+    assert isinstance(source, ClassificationSet)
+    assert sorted({i.group for i in source.items}) == ["CT/p1", "CT/p2", "MR/p1", "MR/p2"]
+    images = source.images(range(4), 32)
+    assert images.shape == (4, 1, 32, 32) and all(int(image.max()) > int(image.min()) for image in images)
