@@ -1,8 +1,10 @@
 """The C-STORE SCP handler: validate, write the bytes as received, record, answer (PS3.4 Annex B).
 
-It runs on the association's thread, so it does the least: one header parse (up to the pixel data), one atomic
-spool write (file meta + the dataset bytes exactly as received, never re-encoded), one database transaction.
-Success is answered only after the file is fsynced and renamed into place *and* its row is committed.
+It runs on the association's thread, so it does the least: one header parse (up to group 0020), one atomic spool
+write (file meta + the dataset bytes exactly as received, never re-encoded; usually streamed into the spool while it
+arrived, see dicom_ai.receive.streaming), one database transaction. The row is written while the file's fsyncs run
+and committed only after they succeeded: success is answered only once the file is durable under its final name
+*and* its row is committed.
 
 C-STORE response statuses (0000,0900) this node answers:
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -39,7 +42,15 @@ from dicom_ai.receive.streaming import incoming_file
 from dicom_ai.store.database import Database
 from dicom_ai.store.models import Instance
 from dicom_ai.store.records import ReceivedInstance
-from dicom_ai.store.spool import IncomingFile, Spool, SpoolError, SpoolFull, encode_file_meta
+from dicom_ai.store.spool import (
+    IncomingFile,
+    PlacedFile,
+    Spool,
+    SpoolError,
+    SpoolFull,
+    StoredFile,
+    encode_file_meta,
+)
 from dicom_ai.uids import InvalidUID, is_valid_uid, require_uid
 
 log = logging.getLogger(__name__)
@@ -156,25 +167,31 @@ class InstanceReceiver:
 
         calling_ae = session.calling_ae if session else ""
         file_meta = _file_meta(identity, str(transfer_syntax), calling_ae)
+        stored: StoredFile | PlacedFile
         try:
-            if not isinstance(dataset, IncomingFile):
-                stored = self.spool.write(identity.study_uid, identity.series_uid, identity.sop_instance_uid,
-                                          file_meta, dataset)
-            elif dataset.meta_bytes == encode_file_meta(file_meta):  # always, as both come from checked UIDs
-                stored = self.spool.commit(dataset, identity.study_uid, identity.series_uid,
-                                           identity.sop_instance_uid)
+            if isinstance(dataset, IncomingFile) and dataset.meta_bytes == encode_file_meta(file_meta):
+                # (always so, as both come from the checked UIDs) the fsyncs run while the row is written
+                stored = self.spool.place(dataset, identity.study_uid, identity.series_uid, identity.sop_instance_uid)
             else:
+                body = dataset.read_dataset_bytes() if isinstance(dataset, IncomingFile) else dataset
                 stored = self.spool.write(identity.study_uid, identity.series_uid, identity.sop_instance_uid,
-                                          file_meta, dataset.read_dataset_bytes())
+                                          file_meta, body)
         except SpoolError as exc:
             raise _spool_refusal(exc) from None
 
         received = _received_instance(header, identity, str(transfer_syntax), stored.size_bytes, stored.path,
                                       calling_ae, self._own_output(header))
         try:
-            self.database.record_instance(session.association_id if session else None, received)
+            # committed only once the file is durable (PlacedFile.wait raises if an fsync failed: nothing committed)
+            self.database.record_instance(session.association_id if session else None, received,
+                                          before_commit=stored.wait if isinstance(stored, PlacedFile) else None)
+        except SpoolError as exc:  # the new name is removed already
+            raise _spool_refusal(exc) from None
         except Exception as exc:
             log.exception("cannot record instance %s", identity.sop_instance_uid)
+            if isinstance(stored, PlacedFile):
+                with suppress(SpoolError):
+                    stored.wait()
             if previous != stored.path:
                 self.spool.remove(stored.path)  # not recorded -> not received; the sender will retry
             raise Refused(StoreStatus.OUT_OF_RESOURCES, f"audit database refused the row: {exc}") from None

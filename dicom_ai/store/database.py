@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -121,6 +121,7 @@ class Database:
             self.engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
         self._lock = threading.Lock()  # only serialises migrations within this process
+        self._instance_lock = threading.Lock()  # see record_instance
         if migrate:
             self.migrate()
 
@@ -207,15 +208,25 @@ class Database:
             instance, series_uid, study_uid = row
             return instance_info(instance, series_uid, study_uid)
 
-    def record_instance(self, association_id: int | None, meta: ReceivedInstance) -> Literal["new", "replaced"]:
+    def record_instance(self, association_id: int | None, meta: ReceivedInstance,
+                        before_commit: Callable[[], object] | None = None) -> Literal["new", "replaced"]:
         """Record an instance that is safely in the spool; update its series and study (see `StudyState`).
+
+        `before_commit`: called after the rows are written and before they are committed; if it raises, nothing is
+        committed and the exception propagates. The listener passes the wait for the spool file's fsyncs, so the
+        rows are written while the disk works and still never committed before the file is durable. Instances
+        are recorded one at a time per process (a lock, so that a waiting association wakes as soon as the one
+        before it commits instead of polling SQLite's busy handler).
 
         Returns "replaced" when the SOP Instance UID was already known (the row then points at the new copy).
         """
         for attempt in range(3):
             try:
-                with self.write_session() as session:
-                    return _record_instance(session, association_id, meta)
+                with self._instance_lock, self.write_session() as session:
+                    outcome = _record_instance(session, association_id, meta)
+                    if before_commit is not None:
+                        before_commit()
+                    return outcome
             except IntegrityError:
                 # Two writers created the same study/series at once (possible on PostgreSQL): the retry finds it.
                 if attempt == 2:

@@ -36,7 +36,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from io import BytesIO
@@ -53,7 +53,7 @@ PREAMBLE = b"\x00" * 128 + b"DICM"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
 _COPY_CHUNK = 1 << 20
-_SYNC_THREADS = 16  # directory fsyncs in flight at once (node.max_associations is 16 by default)
+_SYNC_THREADS = 32  # fsyncs in flight at once: a file and its directory per association (16 by default)
 
 
 class SpoolError(OSError):
@@ -224,6 +224,43 @@ class _DatasetReader(io.RawIOBase):
         return count
 
 
+class PlacedFile:
+    """A received file under its final name whose fsyncs may still be running (`Spool.place`)."""
+
+    def __init__(self, spool: Spool, path: Path, incoming: IncomingFile, syncs: list[Future[None]]) -> None:
+        self.path = path
+        self.size_bytes = incoming.size
+        self._spool = spool
+        self._incoming = incoming
+        self._syncs = syncs
+        self._new_name = bool(syncs)
+        self._lock = threading.Lock()
+        self._failure: SpoolError | None = None
+        self._done = False
+
+    def wait(self) -> StoredFile:
+        """Return once the file's data, inode and name are durable. Raises `SpoolFull` / `SpoolWriteError` if an
+        fsync failed, and then a new name has been removed. Idempotent and thread-safe."""
+        with self._lock:
+            if not self._done:
+                self._done = True
+                try:
+                    with self._spool._failures_mapped(self.path):
+                        errors = [future.exception() for future in self._syncs]  # waits for every one
+                        for error in errors:
+                            if error is not None:
+                                raise error
+                except SpoolError as exc:
+                    self._failure = exc
+                    if self._new_name:
+                        _unlink_quietly(self.path)
+                finally:
+                    self._incoming.discard()
+            if self._failure is not None:
+                raise self._failure
+        return StoredFile(self.path, self.size_bytes)
+
+
 class Spool:
     """Atomic Part 10 writer under `root` (see module docstring). Thread-safe."""
 
@@ -286,6 +323,14 @@ class Spool:
     def commit(self, incoming: IncomingFile, study_uid: str, series_uid: str, sop_instance_uid: str) -> StoredFile:
         """Give a completely received `incoming` file its final name, durably (module docstring); it is closed
         afterwards either way. Raises like `write()`; on error nothing remains under a new final name."""
+        return self.place(incoming, study_uid, series_uid, sop_instance_uid).wait()
+
+    def place(self, incoming: IncomingFile, study_uid: str, series_uid: str, sop_instance_uid: str) -> PlacedFile:
+        """Give a completely received `incoming` file its final name and start making it durable; the caller may
+        do other work (e.g. write its database row, uncommitted) until `PlacedFile.wait()` says it is durable.
+
+        Raises like `write()`. `incoming` is closed by `wait()`, or here on error.
+        """
         final = self.path_for(study_uid, series_uid, sop_instance_uid)
         linked = False
         with self._failures_mapped(final):
@@ -297,19 +342,17 @@ class Spool:
                 directories = [final.parent, *(new.parent for new in created)]
                 if linked:
                     _unlink_quietly(incoming.path)
-                    self._syncs.sync_together(descriptor, directories)
-                else:
-                    os.fsync(descriptor)
-                    os.replace(incoming.path, final)
-                    for directory in directories:
-                        _fsync_dir(directory)
+                    return PlacedFile(self, final, incoming, self._syncs.start(descriptor, directories))
+                os.fsync(descriptor)
+                os.replace(incoming.path, final)
+                for directory in directories:
+                    _fsync_dir(directory)
             except BaseException:
                 if linked:  # a new name whose data or entry is not durable: it must not stay
                     _unlink_quietly(final)
-                raise
-            finally:
                 incoming.discard()
-        return StoredFile(final, incoming.size)
+                raise
+        return PlacedFile(self, final, incoming, [])
 
     def _link_new(self, temporary: Path, final: Path) -> tuple[bool, list[Path]]:
         """Hard-link `temporary` as `final` if that name does not exist yet; returns whether it was linked and the
@@ -424,8 +467,8 @@ def _write_back(descriptor: int) -> None:
 
 
 class _ConcurrentSyncs:
-    """fsyncs a file in the calling thread while its directories are fsynced on helper threads, so that one journal
-    commit can serve them all. Helper threads are started on demand and end when the interpreter does."""
+    """fsyncs a file and its directories on helper threads, all at once, so that one journal commit can serve them
+    all. Helper threads are started on demand and end when the interpreter does."""
 
     def __init__(self) -> None:
         self._executor: ThreadPoolExecutor | None = None
@@ -437,16 +480,10 @@ class _ConcurrentSyncs:
                 self._executor = ThreadPoolExecutor(max_workers=_SYNC_THREADS, thread_name_prefix="spool-fsync")
             return self._executor
 
-    def sync_together(self, descriptor: int, directories: list[Path]) -> None:
-        """Return once `descriptor` and every directory in `directories` are fsynced; raise the first failure."""
-        pending = [self._pool().submit(_fsync_dir, directory) for directory in directories]
-        try:
-            os.fsync(descriptor)
-        finally:
-            errors = [future.exception() for future in pending]  # waits for every directory, even on failure
-        for error in errors:
-            if error is not None:
-                raise error
+    def start(self, descriptor: int, directories: list[Path]) -> list[Future[None]]:
+        """Start fsyncing `descriptor` (kept open by the caller until they are done) and every directory."""
+        pool = self._pool()
+        return [pool.submit(os.fsync, descriptor), *(pool.submit(_fsync_dir, directory) for directory in directories)]
 
 
 def _write_all(descriptor: int, data: bytes | memoryview) -> int:

@@ -3,6 +3,9 @@ still exactly what was sent, and a data set that never completes leaves nothing 
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 import time
 from collections.abc import Callable
 from io import BytesIO
@@ -105,3 +108,22 @@ def test_pynetdicom_logging_handlers_are_bound_only_when_their_log_is_shown(star
     server = node.listener._server
     assert server is not None
     assert server.get_handlers(evt.EVT_PDU_RECV) == [] and server.get_handlers(evt.EVT_DIMSE_RECV) == []
+
+
+def test_a_failed_fsync_is_refused_with_out_of_resources_and_leaves_nothing(
+        start_node: NodeFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    node = start_node()
+    real_fsync = os.fsync
+
+    def fsync(descriptor: int) -> None:
+        if stat.S_ISREG(os.fstat(descriptor).st_mode) and node.spool.root.resolve() in Path(
+                os.readlink(f"/proc/self/fd/{descriptor}")).parents:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert store_with_pynetdicom(node.port, [_ct_file(tmp_path)]) == [0xA700]
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert node.instances() == [] and node.spooled_files() == []
+    [refused] = node.events("instance.refused")
+    assert "0xA700" in refused.detail and "Input/output error" in refused.detail

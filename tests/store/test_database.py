@@ -88,6 +88,28 @@ def test_new_instance_creates_study_series_and_is_found(database: Database, inst
         assert session.scalars(select(Series)).one().instance_count == 1
 
 
+def test_rows_are_committed_only_after_before_commit_returns(database: Database, instance_factory: Factory) -> None:
+    seen_uncommitted: list[bool] = []
+
+    def file_is_durable() -> None:  # runs with the rows written, not committed: another reader does not see them
+        seen_uncommitted.append(database.find_instance("1.2.3.4.5") is None)
+
+    meta = instance_factory(study="1.2.3", series="1.2.3.4", sop="1.2.3.4.5")
+    assert database.record_instance(None, meta, before_commit=file_is_durable) == "new"
+    assert seen_uncommitted == [True]
+    assert database.find_instance("1.2.3.4.5") is not None
+
+    def fsync_failed() -> None:
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(OSError):
+        database.record_instance(None, instance_factory(study="1.2.9", series="1.2.9.4", sop="1.2.9.4.5"),
+                                 before_commit=fsync_failed)
+    assert database.find_instance("1.2.9.4.5") is None
+    with database.session() as session:
+        assert session.scalars(select(Study.study_uid)).all() == ["1.2.3"]
+
+
 def test_same_sop_instance_again_is_replaced_not_duplicated(database: Database, instance_factory: Factory) -> None:
     first = instance_factory(study="1.2.3", series="1.2.3.4", sop="1.2.3.4.5")
     database.record_instance(None, first)
