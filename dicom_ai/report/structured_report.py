@@ -181,12 +181,17 @@ def _report(sources: SeriesSources, groups: Sequence[Dataset], evidence: Sequenc
     return sr
 
 
-def build_full_report(sources: SeriesSources, plan: SegmentPlan, seg: Dataset | None, *, series_uid: str,
-                      sop_instance_uid: str, series_number: int, now: dt.datetime) -> hd.sr.Comprehensive3DSR:
-    """The complete TID 1500 report of one series (routing, boxes, segment measurements)."""
+def box_groups(sources: SeriesSources) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """One TID 1410 group per detection, in detection order; both SRs take the same list (highdicom copies it)."""
+    return [_box_group(sources, d, i) for i, d in enumerate(sources.findings.detections, start=1)]
+
+
+def build_full_report(sources: SeriesSources, plan: SegmentPlan, seg: Dataset | None,
+                      boxes: Sequence[Dataset], *, series_uid: str, sop_instance_uid: str, series_number: int,
+                      now: dt.datetime) -> hd.sr.Comprehensive3DSR:
+    """The complete TID 1500 report of one series (routing, the `box_groups`, segment measurements)."""
     findings = sources.findings
-    groups: list[Dataset] = [_routing_group(sources)]
-    groups += [_box_group(sources, d, i) for i, d in enumerate(findings.detections, start=1)]
+    groups: list[Dataset] = [_routing_group(sources), *boxes]
     evidence = list(sources.images)
     if seg is not None:
         groups += _segment_groups(sources, plan, seg)
@@ -197,12 +202,11 @@ def build_full_report(sources: SeriesSources, plan: SegmentPlan, seg: Dataset | 
                    now=now)
 
 
-def build_box_report(sources: SeriesSources, *, series_uid: str, sop_instance_uid: str, series_number: int,
-                     now: dt.datetime) -> hd.sr.Comprehensive3DSR:
-    """The detections alone as planar-ROI groups: the SR a viewer such as OHIF 3.13 draws."""
+def build_box_report(sources: SeriesSources, boxes: Sequence[Dataset], *, series_uid: str, sop_instance_uid: str,
+                     series_number: int, now: dt.datetime) -> hd.sr.Comprehensive3DSR:
+    """The detections alone (the `box_groups`) as planar-ROI groups: the SR a viewer such as OHIF 3.13 draws."""
     findings = sources.findings
-    groups = [_box_group(sources, d, i) for i, d in enumerate(findings.detections, start=1)]
-    return _report(sources, groups, sources.images, series_uid=series_uid, sop_instance_uid=sop_instance_uid,
+    return _report(sources, boxes, sources.images, series_uid=series_uid, sop_instance_uid=sop_instance_uid,
                    series_number=series_number, description="AI boxes (SR)",
                    models=_models((), findings.detections, SegmentPlan({})), now=now)
 
