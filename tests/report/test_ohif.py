@@ -143,6 +143,13 @@ def greenish(rgb: np.ndarray) -> np.ndarray:
     return (rgb[..., 1] > 150) & (rgb[..., 1] - rgb[..., 0] > 80) & (rgb[..., 1] - rgb[..., 2] > 80)
 
 
+def box_coloured(rgb: np.ndarray) -> np.ndarray:
+    """OHIF draws an SR's boxes green, and the selected one yellow (as after stepping to it with the arrows)."""
+    yellowish = ((rgb[..., 0] > 150) & (rgb[..., 1] > 150) & (rgb[..., 0] - rgb[..., 2] > 80)
+                 & (rgb[..., 1] - rgb[..., 2] > 80))
+    return greenish(rgb) | yellowish
+
+
 def assert_no_error_shown(page: object, browser: OhifBrowser) -> None:
     assert not browser.page_errors, browser.page_errors
     body = page.locator("body").inner_text()  # type: ignore[attr-defined]
@@ -170,17 +177,17 @@ def test_seg_overlay_appears_where_the_mask_is(viewing: Viewing, tmp_path: Path)
     assert red[~grow(expected, 4)].sum() < 0.1 * red.sum(), "segment colour far from the mask"
 
 
-def box_edges_missing(green: np.ndarray, box: tuple[float, float, float, float],
+def box_edges_missing(drawn: np.ndarray, box: tuple[float, float, float, float],
                       transform: tuple[float, float, float], margin: int = 4) -> list[str]:
-    """The edges of `box` (image pixels) with no green drawn along at least 30 % of their length on screen."""
+    """The edges of `box` (image pixels) with nothing `drawn` along at least 30 % of their length on screen."""
     scale, x_offset, y_offset = transform
     x0, y0, x1, y1 = box
     left, right = x_offset + scale * x0, x_offset + scale * x1
     top, bottom = y_offset + scale * y0, y_offset + scale * y1
-    edges = {"left": green[int(top):int(bottom), int(left) - margin:int(left) + margin],
-             "right": green[int(top):int(bottom), int(right) - margin:int(right) + margin],
-             "top": green[int(top) - margin:int(top) + margin, int(left):int(right)],
-             "bottom": green[int(bottom) - margin:int(bottom) + margin, int(left):int(right)]}
+    edges = {"left": drawn[int(top):int(bottom), int(left) - margin:int(left) + margin],
+             "right": drawn[int(top):int(bottom), int(right) - margin:int(right) + margin],
+             "top": drawn[int(top) - margin:int(top) + margin, int(left):int(right)],
+             "bottom": drawn[int(bottom) - margin:int(bottom) + margin, int(left):int(right)]}
     return [name for name, edge in edges.items()
             if not edge.size or edge.any(axis=0 if name in ("top", "bottom") else 1).mean() <= 0.3]
 
@@ -196,16 +203,16 @@ def test_box_sr_draws_the_detection_boxes(viewing: Viewing, tmp_path: Path) -> N
         with browser as page:
             open_study(page, viewing)
             page.locator(THUMBNAIL, has_text="AI boxes").dblclick()
-            shot = screenshot_until(page, "ohif-mr-boxes-sr.png", greenish, timeout=8)
-            if greenish(shot).sum() <= 50:
+            shot = screenshot_until(page, "ohif-mr-boxes-sr.png", box_coloured, timeout=8)
+            if box_coloured(shot).sum() <= 50:
                 # stepping to the next measurement draws an SR that was hydrated but not drawn
                 page.locator('[data-cy="viewport-action-arrows-right"]').click()
-                shot = screenshot_until(page, "ohif-mr-boxes-sr.png", greenish)
+                shot = screenshot_until(page, "ohif-mr-boxes-sr.png", box_coloured)
             image = displayed_instance(page, case)
             transform = image_to_screen(page, image)
             assert_no_error_shown(page, browser)
         [detection] = [d for d in detections if d.sop_instance_uid == image.SOPInstanceUID]
-        missing = box_edges_missing(greenish(shot), detection.box, transform)
+        missing = box_edges_missing(box_coloured(shot), detection.box, transform)
         if not missing:
             return
     pytest.fail(f"no box edge drawn at {', '.join(missing)} (test-artifacts/ohif-mr-boxes-sr.png)")
