@@ -150,6 +150,8 @@ class PipelineSettings(_Section):
     enabled: bool = True
     routing_file: Path = Field(Path("routing.toml"), description="the routing tree; relative to models_dir")
     batch_size: int = Field(8, ge=1, le=1024, description="frames per forward pass of detectors and segmenters")
+    warm_up: bool = Field(True, description="load every routed model and run one blank batch at start-up, in the "
+                                            "background, so the first study does not pay for it")
 
     @property
     def resolved_routing_file(self) -> Path:

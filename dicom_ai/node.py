@@ -67,10 +67,11 @@ class Node:
             # exists (the node was killed) can run again at once instead of after its lease (queue.lease_seconds).
             queue.reclaim_orphans(is_dead_local_worker)
         run_id, database = self._run_id, self.database
-        self.monitor = StabilityMonitor(queue, on_tick=lambda: heartbeat_node_run(database, run_id))
+        self.worker = Worker(queue, handler, threads=settings.queue.workers, stop_timeout=self._stop_timeout)
+        self.monitor = StabilityMonitor(queue, on_tick=lambda: heartbeat_node_run(database, run_id),
+                                        on_queued=self.worker.wake)
         self.monitor.start()
         self.sender.start()
-        self.worker = Worker(queue, handler, threads=settings.queue.workers, stop_timeout=self._stop_timeout)
         self.worker.start()
         models = models_status(settings)
         log.info("%d worker thread(s); studies are queued after %g s without a new instance; models: %s",

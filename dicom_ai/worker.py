@@ -121,28 +121,63 @@ def report_and_send(job: StudyJob, sources: Sequence[Dataset], findings: StudyFi
 
 
 def _analyse_study_handler(settings: Settings, database: Database, sender: ResultSender) -> StudyHandler:
-    """pipeline (`run_study`, findings JSON in the audit trail) -> report -> send, for every job.
-
-    Models load once per worker process (the registry caches them); the routing tree is read and checked here, at
-    start-up, so a broken routing file stops the node with a message instead of failing every job.
-    """
+    """The pipeline handler, or one that refuses every job when `pipeline.enabled = false`."""
     if not settings.pipeline.enabled:
         def disabled(job: StudyJob) -> None:
             raise PipelineUnavailable("pipeline.enabled = false: the study is stored and audited but not analysed")
 
         return disabled
+    return AnalyseStudy(settings, database, sender)
 
-    from dicom_ai.models.registry import ModelRegistry
-    from dicom_ai.pipeline import RoutingError, load_routing, run_study
 
-    try:
-        routing = load_routing(settings.pipeline.resolved_routing_file)
-    except RoutingError as exc:
-        raise ConfigError(f"pipeline.routing_file: {exc}") from None
-    registry = ModelRegistry(settings.pipeline.models_dir, device=settings.pipeline.device)
+class AnalyseStudy:
+    """pipeline (`run_study`, findings JSON in the audit trail) -> report -> send, for every job.
 
-    def analyse(job: StudyJob) -> None:
+    Models load once per worker process (the registry caches them); the routing tree is read and checked here, at
+    start-up, so a broken routing file stops the node with a message instead of failing every job. `warm_up()` is
+    what the worker runs on its first thread before it claims anything (see `Worker`).
+    """
+
+    def __init__(self, settings: Settings, database: Database, sender: ResultSender) -> None:
+        from dicom_ai.models.registry import ModelRegistry
+        from dicom_ai.pipeline import RoutingError, load_routing
+
+        try:
+            self.routing = load_routing(settings.pipeline.resolved_routing_file)
+        except RoutingError as exc:
+            raise ConfigError(f"pipeline.routing_file: {exc}") from None
+        self.settings = settings
+        self.database = database
+        self.sender = sender
+        self.registry = ModelRegistry(settings.pipeline.models_dir, device=settings.pipeline.device)
+
+    def warm_up(self) -> None:
+        """Start-up work that would otherwise land on the first study: model loads and first forward passes, and the
+        report stage's imports and tables (highdicom). Ends with a `models.ready` audit event naming each model's
+        version and checksum. Off with `pipeline.warm_up = false`."""
+        if not self.settings.pipeline.warm_up:
+            return
+        started = time.monotonic()
+        outcome = self.registry.warm_up(self.routing.model_names())
+        from dicom_ai.report import warm_up as warm_up_report
+
+        warm_up_report()
+        ready = sorted(name for name, state in outcome.items() if state == "ready")
+        loaded = {model.spec.name: model.ref for model in self.registry.loaded()}
+        unavailable = {name: state for name, state in sorted(outcome.items()) if state != "ready"}
+        seconds = time.monotonic() - started
+        self.database.record_event("models.ready", detail={
+            "seconds": round(seconds, 2), "device": str(self.registry.device),
+            "models": [{"name": name, "version": loaded[name].version, "sha256": loaded[name].sha256}
+                       for name in ready],
+            "unavailable": unavailable})
+        log.info("models warmed up in %.1f s: %s%s", seconds, ", ".join(ready) or "none",
+                 "".join(f"; {name} unavailable ({state})" for name, state in unavailable.items()))
+
+    def __call__(self, job: StudyJob) -> None:
         import pydicom
+
+        from dicom_ai.pipeline import run_study
 
         job.record("pipeline.started", {"instances": len(job.instances)})
         sources: list[Dataset] = []
@@ -160,15 +195,13 @@ def _analyse_study_handler(settings: Settings, database: Database, sender: Resul
                                     f"spool (first: {unreadable[0]['error']})")
         if job.stop_requested:
             raise RuntimeError("node stopping before the pipeline ran")
-        findings = run_study(sources, registry, routing, batch_size=settings.pipeline.batch_size)
+        findings = run_study(sources, self.registry, self.routing, batch_size=self.settings.pipeline.batch_size)
         for series in findings.series:
             job.record("pipeline.series", _series_summary(series))
         job.record("pipeline.findings", findings.to_dict())
         if job.stop_requested:
             raise RuntimeError("node stopping before the report was built")
-        report_and_send(job, sources, findings, sender)
-
-    return analyse
+        report_and_send(job, sources, findings, self.sender)
 
 
 def _series_summary(series: Any) -> dict[str, Any]:
@@ -256,6 +289,7 @@ class Worker:
         self.stop_timeout = stop_timeout
         self._stopping = threading.Event()
         self._stopped = threading.Event()
+        self._wake = threading.Event()
         self._heartbeat_thread: threading.Thread | None = None
         self._held: dict[int, _Held] = {}
         self._held_lock = threading.Lock()
@@ -264,9 +298,15 @@ class Worker:
     # -- life cycle ----------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        # The handler's warm-up (model loads, first forward passes) runs on the first worker thread, before it claims
+        # anything: torch work done on another thread leaves that thread's OpenMP team behind, and on a small CPU
+        # it slowed every later job by about a third.
+        warm_up = getattr(self.handler, "warm_up", None)
         for index in range(self.threads):
             worker_id = f"{self.name}:w{index}"
-            thread = threading.Thread(target=self._loop, args=(worker_id,), name=f"worker-{index}", daemon=True)
+            prepare = warm_up if index == 0 and callable(warm_up) else None
+            thread = threading.Thread(target=self._loop, args=(worker_id, prepare), name=f"worker-{index}",
+                                      daemon=True)
             thread.start()
             self._threads.append(thread)
         if self.threads:
@@ -277,6 +317,7 @@ class Worker:
     def stop(self, timeout: float | None = None) -> None:
         """Stop claiming; give running handlers `timeout` seconds, then hand their jobs back to the queue."""
         self._stopping.set()
+        self._wake.set()
         with self._held_lock:
             for held in self._held.values():
                 held.job._stop.set()
@@ -296,6 +337,10 @@ class Worker:
             except LeaseLost:
                 pass
 
+    def wake(self, job_ids: object = None) -> None:
+        """A job was queued in this process: idle threads claim now instead of at their next poll."""
+        self._wake.set()
+
     @property
     def busy(self) -> int:
         with self._held_lock:
@@ -303,15 +348,21 @@ class Worker:
 
     # -- the loop ------------------------------------------------------------------------------------------------
 
-    def _loop(self, worker_id: str) -> None:
+    def _loop(self, worker_id: str, prepare: Callable[[], None] | None = None) -> None:
+        if prepare is not None:
+            try:
+                prepare()
+            except Exception:  # a model that cannot load fails its studies visibly; warming up never stops the node
+                log.exception("worker %s: warm-up failed; jobs load what they need", worker_id)
         while not self._stopping.is_set():
+            self._wake.clear()  # before claiming: a job queued after this point sets it again
             try:
                 worked = self.run_once(worker_id)
             except Exception:  # a database hiccup must not kill the worker thread
                 log.exception("worker %s: error while taking a job; retrying", worker_id)
                 worked = False
             if not worked:
-                self._stopping.wait(self.queue.settings.poll_seconds)
+                self._wake.wait(self.queue.settings.poll_seconds)
 
     def run_once(self, worker_id: str | None = None) -> bool:
         """Claim one due job and run the handler on it; False when there was none."""

@@ -185,6 +185,68 @@ def test_default_handler_fails_visibly_when_the_study_cannot_be_read(database: D
     assert "could be read from the spool" in error
 
 
+def test_a_woken_worker_claims_at_once_instead_of_at_its_next_poll(database: Database) -> None:
+    queue = fast_queue(database, poll_seconds=30.0)
+    done = threading.Event()
+    worker = Worker(queue, lambda job: done.set(), threads=1)
+    worker.start()
+    try:
+        time.sleep(0.2)  # the thread is now waiting out its 30 s poll
+        queued_study(database, queue)
+        started = time.monotonic()
+        worker.wake()
+        assert done.wait(5) and time.monotonic() - started < 2
+    finally:
+        worker.stop(timeout=5)
+
+
+class WarmingHandler:
+    """A handler with a warm-up, recording on which thread each call ran and in which order."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.done = threading.Event()
+
+    def warm_up(self) -> None:
+        time.sleep(0.3)  # a job queued meanwhile must wait for it
+        self.calls.append(("warm_up", threading.current_thread().name))
+
+    def __call__(self, job: StudyJob) -> None:
+        self.calls.append(("job", threading.current_thread().name))
+        self.done.set()
+
+
+def test_the_handlers_warm_up_runs_on_the_first_worker_thread_before_any_job(database: Database) -> None:
+    queue = fast_queue(database)
+    queued_study(database, queue)
+    handler = WarmingHandler()
+    worker = Worker(queue, handler, threads=1)
+    worker.start()
+    try:
+        assert handler.done.wait(5)
+    finally:
+        worker.stop(timeout=5)
+    assert handler.calls == [("warm_up", "worker-0"), ("job", "worker-0")]
+
+
+def test_the_pipeline_handler_warms_up_its_routed_models_and_audits_them(database: Database, tmp_path: Path) -> None:
+    from dicom_ai.worker import AnalyseStudy
+
+    settings = load_settings(None, environ={})
+    handler = build_study_handler(settings, database)
+    assert isinstance(handler, AnalyseStudy)
+    handler.warm_up()
+    [ready] = events(database, "models.ready")
+    shipped = {row["name"] for row in models_status(settings)["models"] if row["state"] == "available"}
+    routed = handler.routing.model_names()
+    assert {m["name"] for m in ready["models"]} == shipped & routed
+    assert all(len(str(m["sha256"])) == 64 and m["version"] for m in ready["models"])
+    assert set(ready["unavailable"]) == routed - shipped  # e.g. the brain/knee node, shipped without weights
+    off = build_study_handler(load_settings(None, environ={"DICOM_AI_PIPELINE__WARM_UP": "false"}), database)
+    off.warm_up()  # type: ignore[attr-defined]
+    assert len(events(database, "models.ready")) == 1
+
+
 def test_models_status_lists_every_manifest_entry_with_its_state(tmp_path: Path) -> None:
     models_dir = tmp_path / "models"
     upsert_model_spec(models_dir, ModelSpec("modality", "classify", "resnet18", ("CT", "MR"), 64, 1, 0.5, 0.25,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -240,6 +240,22 @@ class ModelRegistry:
             loaded = LoadedModel(spec=spec, ref=ref, module=module, device=self.device, cpu_bf16=self.cpu_bf16)
             self._loaded[name] = loaded
             return loaded
+
+    def warm_up(self, names: Iterable[str]) -> dict[str, str]:
+        """Load each model and run one forward pass on a blank batch, so a study never pays for the first call
+        (weights read, checksum, oneDNN/cuDNN set-up). Returns name -> "ready" or the reason it is unavailable."""
+        outcome: dict[str, str] = {}
+        for name in sorted(names):
+            try:
+                model = self.load(name)
+            except ModelUnavailable as exc:
+                outcome[name] = exc.reason
+                continue
+            size = model.spec.input_size
+            blank = [np.zeros((size, size), dtype=np.float32)]
+            {"classify": model.classify, "segment": model.segment, "detect": model.detect}[model.spec.task](blank)
+            outcome[name] = "ready"
+        return outcome
 
     def loaded(self) -> Iterator[LoadedModel]:
         with self._lock:

@@ -20,7 +20,7 @@ from dicom_ai.report.identity import derived_uid, model_identity
 from dicom_ai.report.key_image import build_key_image
 from dicom_ai.report.segmentation import build_segmentation, non_empty
 from dicom_ai.report.sources import series_sources
-from dicom_ai.report.structured_report import build_box_report, build_full_report
+from dicom_ai.report.structured_report import box_groups, build_box_report, build_full_report
 
 SERIES_NUMBER_BASE = 9000
 
@@ -48,9 +48,10 @@ def build_series_outputs(source_datasets: Sequence[Dataset], findings: SeriesFin
     if plan.segments:
         seg = build_segmentation(sources, plan, series_number=base + 1, now=now, **uids("seg"))
         outputs.append(seg)
-    outputs.append(build_full_report(sources, plan, seg, series_number=base + 2, now=now, **uids("sr")))
-    if findings.detections:
-        outputs.append(build_box_report(sources, series_number=base + 3, now=now, **uids("boxes")))
+    boxes = box_groups(sources)
+    outputs.append(build_full_report(sources, plan, seg, boxes, series_number=base + 2, now=now, **uids("sr")))
+    if boxes:
+        outputs.append(build_box_report(sources, boxes, series_number=base + 3, now=now, **uids("boxes")))
     outputs.append(build_key_image(sources, plan, series_number=base + 4, now=now, **uids("key")))
     return outputs
 
@@ -72,3 +73,16 @@ def build_outputs(source_datasets: Sequence[Dataset], findings: StudyFindings, *
             raise ValueError(f"series of study {ds.StudyInstanceUID} given as findings of study "
                              f"{findings.study_instance_uid}")
     return outputs
+
+
+def warm_up() -> None:
+    """Read the DICOM standard tables highdicom's constructors otherwise load on first use (~0.4 s of JSON), so
+    that cost is not on the first study's path. They are private to highdicom: a version without them is fine."""
+    from highdicom import _standard_utils as tables
+
+    for name in ("get_sop_class_iod_map", "get_iod_module_map", "get_module_attribute_map",
+                 "get_anatomic_region_map"):
+        loader = getattr(tables, name, None)
+        if callable(loader):
+            loader()
+

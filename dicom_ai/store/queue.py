@@ -64,6 +64,19 @@ class JobQueue:
                     created.append(job.id)
             return created
 
+    def seconds_until_next_stable(self) -> float | None:
+        """How long until the quietest receiving study reaches the quiet period (0 when overdue); None when none is
+        receiving. The monitor sleeps this long instead of a whole poll interval."""
+        with self.database.session() as session:
+            last = session.scalar(select(func.min(Study.last_received_at))
+                                  .where(Study.state == StudyState.RECEIVING))
+        if last is None:
+            return None
+        now = self._clock()
+        if last.tzinfo is None and now.tzinfo is not None:
+            last = last.replace(tzinfo=now.tzinfo)
+        return max(0.0, (last + timedelta(seconds=self.settings.stable_after_seconds) - now).total_seconds())
+
     def complete_study(self, study_uid: str) -> CompletionResult:
         """The operator says the study is complete: make it stable now and queue its job (no quiet period)."""
         now = self._clock()

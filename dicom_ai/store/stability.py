@@ -45,14 +45,18 @@ def mark_stable(session: Session, study: Study, reason: str) -> None:
 
 
 class StabilityMonitor:
-    """A thread that, every `queue.poll_seconds`, reclaims expired leases and turns quiet studies into jobs.
+    """A thread that reclaims expired leases and turns quiet studies into jobs, at least every `queue.poll_seconds`
+    and exactly when the next receiving study's quiet period ends.
 
-    `on_tick` runs on the same thread after each round (the node uses it to show it is alive in `node_runs`).
+    `on_tick` runs on the same thread after each round (the node uses it to show it is alive in `node_runs`);
+    `on_queued` gets the ids of the jobs a round created (the node wakes its worker with it).
     """
 
-    def __init__(self, queue: JobQueue, on_tick: Callable[[], None] | None = None) -> None:
+    def __init__(self, queue: JobQueue, on_tick: Callable[[], None] | None = None,
+                 on_queued: Callable[[list[int]], None] | None = None) -> None:
         self.queue = queue
         self.on_tick = on_tick
+        self.on_queued = on_queued
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stability-monitor", daemon=True)
 
@@ -69,13 +73,26 @@ class StabilityMonitor:
         reclaimed = self.queue.reclaim_expired()
         if reclaimed:
             log.warning("re-queued job(s) %s whose worker stopped heartbeating", reclaimed)
-        for job_id in self.queue.enqueue_stable_studies():
+        queued = self.queue.enqueue_stable_studies()
+        for job_id in queued:
             log.info("study stable: queued job %d", job_id)
+        if (queued or reclaimed) and self.on_queued is not None:
+            self.on_queued(queued + reclaimed)
         if self.on_tick is not None:
             self.on_tick()
 
+    def _next_wait(self) -> float:
+        poll = self.queue.settings.poll_seconds
+        try:
+            due = self.queue.seconds_until_next_stable()
+        except Exception:
+            log.exception("stability monitor: cannot read the next due study; polling")
+            return poll
+        # a little past the due time, so the study is quiet by the database's clock too
+        return poll if due is None else min(poll, due + 0.02)
+
     def _run(self) -> None:
-        while not self._stop.wait(self.queue.settings.poll_seconds):
+        while not self._stop.wait(self._next_wait()):
             try:
                 self.run_once()
             except Exception:  # a locked or briefly unreachable database must not end the monitor

@@ -79,6 +79,14 @@ def test_a_model_loads_once_even_from_many_threads(installed) -> None:
     assert len({id(m) for m in loaded}) == 1 and registry.load("modality") is loaded[0]
 
 
+def test_warm_up_loads_and_runs_each_model_and_names_the_unusable_ones(installed) -> None:
+    registry = ModelRegistry(installed[0], device="cpu")
+    assert registry.warm_up(["det", "lgg", "modality", "knee"]) == {
+        "det": "ready", "lgg": "ready", "modality": "ready",
+        "knee": f"invalid: not in {installed[0] / 'manifest.toml'}"}
+    assert sorted(m.spec.name for m in registry.loaded()) == ["det", "lgg", "modality"]
+
+
 def test_missing_and_altered_weights_are_reported_and_refused(installed, tmp_path: Path) -> None:
     import shutil
 

@@ -50,3 +50,19 @@ def test_monitor_queues_quiet_studies_and_reclaims_dead_leases(
     finally:
         monitor.stop()
     assert len(ticks) >= 3
+
+
+def test_monitor_queues_a_study_when_its_quiet_period_ends_not_at_the_next_poll(
+        database: Database, instance_factory: Callable[..., ReceivedInstance]) -> None:
+    queue = JobQueue(database, QueueSettings(stable_after_seconds=0.4, poll_seconds=30.0))
+    queued: list[int] = []
+    monitor = StabilityMonitor(queue, on_queued=queued.extend)
+    database.record_instance(None, instance_factory(study="1.2.41"))
+    started = time.monotonic()
+    monitor.start()
+    try:
+        wait_for(lambda: bool(queued), timeout=5)
+    finally:
+        monitor.stop()
+    assert 0.35 <= time.monotonic() - started < 2.0
+    assert queue.seconds_until_next_stable() is None  # nothing is receiving any more
