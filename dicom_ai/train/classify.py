@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dicom_ai.train.augment import Augmentation
-from dicom_ai.train.loop import (
-    CsvLog,
-    EpochBudget,
-    autocast,
-    batches,
-    load_checkpoint,
-    save_checkpoint,
-    write_json,
-)
+from dicom_ai.train.loop import SupervisedRun, autocast, batches, write_json
 from dicom_ai.train.metrics import ClassificationMetrics, classification_metrics
 
 # Inputs are uint8 grey scaled to [0, 1], then normalised with these (recorded in the manifest entry).
@@ -109,82 +100,49 @@ def train_classifier(
 
     Writes `out_dir/config.json`, `log.csv`, `last.pt` (resumable), `best_state.pt` and `metrics.json`.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    aug_generator = torch.Generator(device=device).manual_seed(config.seed)
-    write_json(out_dir / "config.json", asdict(config))
     model = build(config.arch, len(config.classes)).to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    run = SupervisedRun(config, model, out_dir, device, score="acc", resume=resume, progress=progress,
+                        log_fields=["train_loss", "val_loss", "val_accuracy"])
     tensors = {k: (torch.from_numpy(v.images).to(device), torch.from_numpy(v.labels).long().to(device))
                for k, v in data.items()}
     train_x, train_y = tensors["train"]
     # Inverse-frequency class weights: hip and shoulder X-rays are rare.
     counts = torch.bincount(train_y, minlength=len(config.classes)).float().clamp(min=1)
     class_weights = (counts.sum() / counts / len(config.classes)).to(device)
-    budget = EpochBudget(config.max_epochs, config.budget_seconds)
-    start_epoch, best_acc, best_epoch, stale, spent = 0, -1.0, -1, 0, 0.0
-    last_path, best_path = out_dir / "last.pt", out_dir / "best_state.pt"
-    if resume and last_path.is_file():
-        state = load_checkpoint(last_path, device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best_acc, best_epoch, stale, spent = (state["epoch"], state["best_acc"], state["best_epoch"],
-                                                            state["stale"], state["seconds"])
-        budget.after_epoch(start_epoch, spent)
-        progress(f"[{config.name}] resumed after epoch {start_epoch}")
-    log = CsvLog(out_dir / "log.csv", ["epoch", "lr", "train_loss", "val_loss", "val_accuracy", "seconds"],
-                 append=resume)
     steps_per_epoch = max(1, -(-len(train_y) // config.batch_size))
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    budget.started = time.monotonic() - spent
-    epoch = start_epoch
-    while not budget.should_stop(epoch) and stale < config.patience:
-        model.train()
+    for _ in run.epochs():
         losses = []
-        for step, index in enumerate(batches(len(train_y), config.batch_size, generator, shuffle=True)):
+        for step, index in enumerate(batches(len(train_y), config.batch_size, run.generator, shuffle=True)):
             if step >= steps_per_epoch:
                 break
-            lr = config.lr * budget.lr_factor(epoch + step / steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            run.schedule(step, steps_per_epoch)
             index = index.to(device)
-            x, _ = config.augmentation.apply(normalise(train_x[index]), generator=aug_generator)
+            x, _ = config.augmentation.apply(normalise(train_x[index]), generator=run.aug_generator)
             x = ((x - INPUT_MEAN) / INPUT_STD).contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), train_y[index], weight=class_weights,
                                    label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
+            run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            run.optimizer.step()
             losses.append(loss.detach())
-        epoch += 1
         val_x, val_y = tensors["val"]
         probabilities = predict(model, val_x, device)
         val_loss = float(F.nll_loss(probabilities.clamp_min(1e-8).log(), val_y).item()) if len(val_y) else 0.0
         val_acc = float((probabilities.argmax(1) == val_y).float().mean().item()) if len(val_y) else 0.0
         train_loss = float(torch.stack(losses).mean().item())
-        spent = time.monotonic() - budget.started
-        log.write({"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_loss": val_loss,
-                   "val_accuracy": val_acc, "seconds": spent})
-        if val_acc > best_acc:
-            best_acc, best_epoch, stale = val_acc, epoch, 0
-            torch.save(model.state_dict(), best_path)
-        else:
-            stale += 1
-        budget.after_epoch(epoch, spent)
-        save_checkpoint(last_path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
-                        best_acc=best_acc, best_epoch=best_epoch, stale=stale, seconds=spent)
-        progress(f"[{config.name}] epoch {epoch}/{budget.planned} loss {train_loss:.4f} "
-                 f"val_acc {val_acc:.4f} ({spent:.0f}s)")
-    log.close()
-    model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+        run.end_epoch(val_acc, {"train_loss": train_loss, "val_loss": val_loss, "val_accuracy": val_acc},
+                      f"loss {train_loss:.4f} val_acc {val_acc:.4f}")
+    run.finish()
     test_x, test_y = tensors["test"]
     test_probabilities = predict(model, test_x, device).cpu().numpy()
     predicted = test_probabilities.argmax(1) if len(test_probabilities) else np.zeros(0, dtype=np.int64)
     metrics = classification_metrics(test_y.cpu().numpy(), predicted, config.classes)
-    write_json(out_dir / "metrics.json", {"test": metrics.to_dict(), "best_epoch": best_epoch,
-                                          "best_val_accuracy": best_acc, "epochs": epoch, "train_seconds": spent})
-    return ClassifierResult(config, metrics, best_epoch, best_acc, epoch, spent, best_path, test_probabilities)
+    write_json(out_dir / "metrics.json", {"test": metrics.to_dict(), "best_epoch": run.best_epoch,
+                                          "best_val_accuracy": run.best, "epochs": run.epoch,
+                                          "train_seconds": run.spent})
+    return ClassifierResult(config, metrics, run.best_epoch, run.best, run.epoch, run.spent, run.best_path,
+                            test_probabilities)

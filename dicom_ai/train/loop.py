@@ -1,4 +1,5 @@
-"""What every supervised loop shares: device and precision, a time budget, the CSV log, checkpoints."""
+"""What every supervised loop shares: device and precision, a time budget, the CSV log, checkpoints, and the
+per-epoch bookkeeping of a resumable run (`SupervisedRun`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import csv
 import json
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,71 @@ def batches(count: int, size: int, generator: torch.Generator | None, *, shuffle
 
 def seconds_since(start: float) -> float:
     return time.monotonic() - start
+
+
+class SupervisedRun:
+    """The bookkeeping both supervised loops (classify, segment) share around their own steps and validation:
+    seeds, `config.json`, the AdamW optimizer, the time budget and cosine schedule, resume from `last.pt`, the CSV
+    log, best-epoch tracking (`best_state.pt`) with early stopping on `config.patience`, and a checkpoint per epoch.
+
+    `config` needs name, seed, lr, weight_decay, max_epochs, budget_seconds, patience; it is written as JSON.
+    `score` names the validation metric that selects the best epoch (higher is better).
+    """
+
+    def __init__(self, config: Any, model: torch.nn.Module, out_dir: Path, device: torch.device, *, score: str,
+                 log_fields: list[str], resume: bool, progress: Callable[[str], None]) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        self.config, self.model, self.device, self.score, self.progress = config, model, device, score, progress
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        self.aug_generator = torch.Generator(device=device).manual_seed(config.seed)
+        write_json(out_dir / "config.json", asdict(config))
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.budget = EpochBudget(config.max_epochs, config.budget_seconds)
+        self.epoch, self.best, self.best_epoch, self.stale, self.spent, self.lr = 0, -1.0, -1, 0, 0.0, config.lr
+        self.last_path, self.best_path = out_dir / "last.pt", out_dir / "best_state.pt"
+        if resume and self.last_path.is_file():
+            state = load_checkpoint(self.last_path, device)
+            model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.epoch, self.best_epoch, self.stale, self.spent = (state["epoch"], state["best_epoch"],
+                                                                   state["stale"], state["seconds"])
+            self.best = state[f"best_{score}"]
+            self.budget.after_epoch(self.epoch, self.spent)
+            progress(f"[{config.name}] resumed after epoch {self.epoch}")
+        self.log = CsvLog(out_dir / "log.csv", ["epoch", "lr", *log_fields, "seconds"], append=resume)
+
+    def epochs(self) -> Iterator[int]:
+        """The epochs still to run (0-based), until the budget ends or `patience` epochs brought no progress."""
+        self.budget.started = time.monotonic() - self.spent
+        while not self.budget.should_stop(self.epoch) and self.stale < self.config.patience:
+            self.model.train()
+            yield self.epoch
+
+    def schedule(self, step: int, steps_per_epoch: int) -> None:
+        """Set the learning rate for `step` of the current epoch (warm-up, then cosine)."""
+        self.lr = self.config.lr * self.budget.lr_factor(self.epoch + step / steps_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+
+    def end_epoch(self, score: float, row: dict[str, float], summary: str) -> None:
+        """Log the epoch, keep the weights when `score` is the best so far, checkpoint, report progress."""
+        self.epoch += 1
+        self.spent = time.monotonic() - self.budget.started
+        self.log.write({"epoch": self.epoch, "lr": self.lr, **row, "seconds": self.spent})
+        if score > self.best:
+            self.best, self.best_epoch, self.stale = score, self.epoch, 0
+            torch.save(self.model.state_dict(), self.best_path)
+        else:
+            self.stale += 1
+        self.budget.after_epoch(self.epoch, self.spent)
+        save_checkpoint(self.last_path, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                        epoch=self.epoch, best_epoch=self.best_epoch, stale=self.stale, seconds=self.spent,
+                        **{f"best_{self.score}": self.best})
+        self.progress(f"[{self.config.name}] epoch {self.epoch}/{self.budget.planned} {summary} "
+                      f"({self.spent:.0f}s)")
+
+    def finish(self) -> None:
+        """Close the log and load the best epoch's weights into the model."""
+        self.log.close()
+        self.model.load_state_dict(torch.load(self.best_path, map_location=self.device, weights_only=True))

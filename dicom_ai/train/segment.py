@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch.nn.functional as F
 
 from dicom_ai.train.augment import Augmentation
 from dicom_ai.train.classify import INPUT_MEAN, INPUT_STD, normalise
-from dicom_ai.train.loop import CsvLog, EpochBudget, autocast, batches, load_checkpoint, save_checkpoint, write_json
+from dicom_ai.train.loop import SupervisedRun, autocast, batches, write_json
 from dicom_ai.train.metrics import SegmentationMetrics, segmentation_metrics
 
 Builder = Callable[[str], torch.nn.Module]
@@ -104,88 +103,55 @@ def train_segmenter(
 
     Writes `out_dir/config.json`, `log.csv`, `last.pt` (resumable), `best_state.pt` and `metrics.json`.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator(device="cpu").manual_seed(config.seed)
-    aug_generator = torch.Generator(device=device).manual_seed(config.seed)
-    write_json(out_dir / "config.json", asdict(config))
     model = build(config.arch).to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    run = SupervisedRun(config, model, out_dir, device, score="dice", resume=resume, progress=progress,
+                        log_fields=["train_loss", "val_dice"])
     tensors = {k: (torch.from_numpy(v.images).to(device), torch.from_numpy(v.masks).to(device))
                for k, v in data.items()}
     train_x, train_m = tensors["train"]
-    budget = EpochBudget(config.max_epochs, config.budget_seconds)
-    start_epoch, best_dice, best_epoch, stale, spent = 0, -1.0, -1, 0, 0.0
-    last_path, best_path = out_dir / "last.pt", out_dir / "best_state.pt"
-    if resume and last_path.is_file():
-        state = load_checkpoint(last_path, device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best_dice, best_epoch, stale, spent = (state["epoch"], state["best_dice"], state["best_epoch"],
-                                                             state["stale"], state["seconds"])
-        budget.after_epoch(start_epoch, spent)
-        progress(f"[{config.name}] resumed after epoch {start_epoch}")
-    log = CsvLog(out_dir / "log.csv", ["epoch", "lr", "train_loss", "val_dice", "seconds"], append=resume)
     positives = torch.from_numpy(np.flatnonzero(data["train"].masks.reshape(len(data["train"]), -1).any(axis=1)))
     negatives = torch.from_numpy(np.flatnonzero(~data["train"].masks.reshape(len(data["train"]), -1).any(axis=1)))
 
     def epoch_indices() -> torch.Tensor:
         if config.tumour_share is None or not len(positives):
-            return torch.randperm(len(train_x), generator=generator)
+            return torch.randperm(len(train_x), generator=run.generator)
         wanted = int(len(positives) * (1 - config.tumour_share) / config.tumour_share)
-        chosen = negatives[torch.randperm(len(negatives), generator=generator)[:wanted]]
+        chosen = negatives[torch.randperm(len(negatives), generator=run.generator)[:wanted]]
         both = torch.cat([positives, chosen])
-        return both[torch.randperm(len(both), generator=generator)]
+        return both[torch.randperm(len(both), generator=run.generator)]
 
     epoch_size = len(epoch_indices())
     steps_per_epoch = max(1, -(-epoch_size // config.batch_size))
     if config.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    budget.started = time.monotonic() - spent
-    epoch = start_epoch
-    while not budget.should_stop(epoch) and stale < config.patience:
-        model.train()
+    for _ in run.epochs():
         losses = []
         order = epoch_indices()
         for step, start in enumerate(range(0, len(order), config.batch_size)):
             if step >= steps_per_epoch:
                 break
-            lr = config.lr * budget.lr_factor(epoch + step / steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            run.schedule(step, steps_per_epoch)
             index = order[start : start + config.batch_size].to(device)
             x, m = config.augmentation.apply(normalise(train_x[index]), train_m[index].float(),
-                                             generator=aug_generator)
+                                             generator=run.aug_generator)
             x = ((x - INPUT_MEAN) / INPUT_STD).contiguous(memory_format=torch.channels_last)
             with autocast(device):
                 logits = model(x)
             logits = logits.float()
             loss = F.binary_cross_entropy_with_logits(logits, m) + dice_loss(logits, m)
-            optimizer.zero_grad(set_to_none=True)
+            run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            run.optimizer.step()
             losses.append(loss.detach())
-        epoch += 1
         val_x, val_m = tensors["val"]
         val_dice = _volume_dice(predict_masks(model, val_x, device, config.threshold), val_m.bool())
         train_loss = float(torch.stack(losses).mean().item())
-        spent = time.monotonic() - budget.started
-        log.write({"epoch": epoch, "lr": lr, "train_loss": train_loss, "val_dice": val_dice, "seconds": spent})
-        if val_dice > best_dice:
-            best_dice, best_epoch, stale = val_dice, epoch, 0
-            torch.save(model.state_dict(), best_path)
-        else:
-            stale += 1
-        budget.after_epoch(epoch, spent)
-        save_checkpoint(last_path, model=model.state_dict(), optimizer=optimizer.state_dict(), epoch=epoch,
-                        best_dice=best_dice, best_epoch=best_epoch, stale=stale, seconds=spent)
-        progress(f"[{config.name}] epoch {epoch}/{budget.planned} loss {train_loss:.4f} "
-                 f"val_dice {val_dice:.4f} ({spent:.0f}s)")
-    log.close()
-    model.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+        run.end_epoch(val_dice, {"train_loss": train_loss, "val_dice": val_dice},
+                      f"loss {train_loss:.4f} val_dice {val_dice:.4f}")
+    run.finish()
     test_x, test_m = tensors["test"]
     masks = predict_masks(model, test_x, device, config.threshold)[:, 0].cpu().numpy()
     metrics = segmentation_metrics(masks, test_m[:, 0].cpu().numpy().astype(bool), data["test"].volumes)
-    write_json(out_dir / "metrics.json", {"test": metrics.to_dict(), "best_epoch": best_epoch,
-                                          "best_val_dice": best_dice, "epochs": epoch, "train_seconds": spent})
-    return SegmenterResult(config, metrics, best_epoch, best_dice, epoch, spent, best_path, masks)
+    write_json(out_dir / "metrics.json", {"test": metrics.to_dict(), "best_epoch": run.best_epoch,
+                                          "best_val_dice": run.best, "epochs": run.epoch, "train_seconds": run.spent})
+    return SegmenterResult(config, metrics, run.best_epoch, run.best, run.epoch, run.spent, run.best_path, masks)

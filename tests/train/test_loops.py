@@ -67,6 +67,10 @@ def test_segmenter_learns_bright_squares(tmp_path: Path) -> None:
     assert float(log[-1]["train_loss"]) < float(log[0]["train_loss"])
     assert result.test.slices == 12 and result.test.volumes == 3
     assert result.test_masks.shape == (12, 16, 16)
+    longer = SegmenterConfig(**{**config.__dict__, "max_epochs": 10})
+    resumed = train_segmenter(longer, data, tiny_segmenter, tmp_path, CPU, resume=True, progress=lambda _: None)
+    assert resumed.epochs == 10 and len(read_csv_log(tmp_path / "log.csv")) == 10
+    assert resumed.best_val_dice >= result.best_val_dice
 
 
 def test_epoch_budget_shrinks_the_plan_to_the_time_left() -> None:
