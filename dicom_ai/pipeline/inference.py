@@ -1,7 +1,7 @@
 """Source frames through the registry's models in batches, with results mapped back to source pixels.
 
 Every model sees what training saw: the pipeline's float image in [0, 1] letterboxed to the model's input size
-(`pixels.letterbox`); `LoadedModel` normalises, runs the forward pass and post-processes (softmax, sigmoid, NMS).
+(`pixels.letterbox`; zero padding, grey for the ultralytics detectors); `LoadedModel` normalises, runs the forward pass and post-processes (softmax, sigmoid, NMS).
 Here: batching, and the way back through each frame's `Letterbox` (boxes to source pixel coordinates, probability
 maps resized to the source frame, then thresholded).
 """
@@ -20,12 +20,14 @@ DEFAULT_BATCH = 8
 DETECTION_CONFIDENCE = 0.25
 DETECTION_IOU = 0.45
 MASK_THRESHOLD = 0.5
+DETECTOR_PAD = 114 / 255  # the grey ultralytics letterboxes with, in training and validation
 
 
-def _batches(items: Sequence[np.ndarray], size: int, input_size: int) -> Iterator[list[Letterbox]]:
+def _batches(items: Sequence[np.ndarray], size: int, input_size: int,
+             pad: float = 0.0) -> Iterator[list[Letterbox]]:
     """Letterboxed batches, built batch by batch so a long series never holds every input at once."""
     for start in range(0, len(items), size):
-        yield [letterbox(image, input_size) for image in items[start:start + size]]
+        yield [letterbox(image, input_size, pad) for image in items[start:start + size]]
 
 
 def classify(model: LoadedModel, frames: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH) -> np.ndarray:
@@ -58,7 +60,7 @@ def detect(model: LoadedModel, frames: Sequence[np.ndarray], batch_size: int = D
            confidence: float = DETECTION_CONFIDENCE, iou: float = DETECTION_IOU) -> list[list[Box]]:
     """Boxes per source frame, mapped back through the letterbox and clipped to the frame."""
     found: list[list[Box]] = []
-    for boxes in _batches(frames, batch_size, model.spec.input_size):
+    for boxes in _batches(frames, batch_size, model.spec.input_size, DETECTOR_PAD):
         for detections, box in zip(model.detect([b.image for b in boxes], confidence, iou), boxes):
             found.append([Box(label, score, box.box_to_source(xyxy)) for label, score, xyxy in detections])
     return found

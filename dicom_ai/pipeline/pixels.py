@@ -319,8 +319,9 @@ class Letterbox:
         return cv2.resize(inner, (source_cols, source_rows), interpolation=interpolation)
 
 
-def letterbox(image: np.ndarray, size: int) -> Letterbox:
-    """Resize `image` (H x W, or H x W x C) to fit `size` x `size` with its aspect kept, centred on zero padding.
+def letterbox(image: np.ndarray, size: int, pad: float = 0.0) -> Letterbox:
+    """Resize `image` (H x W, or H x W x C) to fit `size` x `size` with its aspect kept, centred on `pad` (zero for
+    our classifiers and segmenters; ultralytics detectors were trained on grey 114/255 padding).
 
     Downscaling uses area interpolation (no aliasing), upscaling bilinear. Returns the padded float32 image with
     the geometry to map results back (`box_to_source`, `mask_to_source`).
@@ -339,7 +340,7 @@ def letterbox(image: np.ndarray, size: int) -> Letterbox:
     if resized.ndim < image.ndim:  # cv2 drops a single channel axis
         resized = resized[..., None]
     top, left = (size - new_rows) // 2, (size - new_cols) // 2
-    padded = np.zeros((size, size, *image.shape[2:]), dtype=np.float32)
+    padded = np.full((size, size, *image.shape[2:]), pad, dtype=np.float32)
     padded[top:top + new_rows, left:left + new_cols] = resized
     return Letterbox(image=padded, source_shape=(rows, cols), resized_shape=(new_rows, new_cols), scale=scale,
                      pad_top=top, pad_left=left)

@@ -10,14 +10,16 @@ from dicom_ai.models.architectures import build_detector
 from dicom_ai.models.manifest import ModelSpec, upsert_model_spec
 from dicom_ai.models.weights import file_sha256, save_weights
 
-MEAN, STD = 0.5, 0.25
+MEAN, STD = 0.5, 0.25  # what our classifier and segmenter training normalises with
+DETECTOR_MEAN, DETECTOR_STD = 0.0, 1.0  # ultralytics takes [0, 1] images as they are
 
 
 def _register(models_dir: Path, name: str, task: str, arch: str, classes: list[str], size: int, weights: str,
               sha256: str, in_channels: int = 1) -> None:
+    mean, std = (DETECTOR_MEAN, DETECTOR_STD) if task == "detect" else (MEAN, STD)
     upsert_model_spec(models_dir, ModelSpec(
         name=name, task=task, architecture=arch, classes=tuple(classes), input_size=size,  # type: ignore[arg-type]
-        in_channels=in_channels, mean=MEAN, std=STD, weights=weights, sha256=sha256, version="test",
+        in_channels=in_channels, mean=mean, std=std, weights=weights, sha256=sha256, version="test",
         trained_on="a few steps inside the test"))
 
 

@@ -237,3 +237,9 @@ def test_letterbox_upscales_small_and_colour_images() -> None:
     assert boxed.image.shape == (64, 64, 3) and boxed.resized_shape == (32, 64) and boxed.scale == 3.2
     with pytest.raises(ValueError):
         letterbox(np.zeros((0, 5)), 32)
+
+
+def test_letterbox_pads_with_the_value_asked_for() -> None:
+    boxed = letterbox(np.ones((20, 10), dtype=np.float32), 20, pad=114 / 255)
+    assert boxed.pad_left == 5 and boxed.image[0, 0] == np.float32(114 / 255) and boxed.image[10, 10] == 1.0
+    assert letterbox(np.ones((20, 10), dtype=np.float32), 20).image[0, 0] == 0.0
