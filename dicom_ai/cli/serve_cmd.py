@@ -31,6 +31,7 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))  # its INFO is per-PDU chatter
     logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("highdicom").setLevel(max(logging.WARNING, root.level))  # INFO: each module it copies
 
 
 @app.command("serve")
