@@ -253,7 +253,11 @@ class ModelRegistry:
                 continue
             size = model.spec.input_size
             blank = [np.zeros((size, size), dtype=np.float32)]
-            {"classify": model.classify, "segment": model.segment, "detect": model.detect}[model.spec.task](blank)
+            try:
+                {"classify": model.classify, "segment": model.segment, "detect": model.detect}[model.spec.task](blank)
+            except Exception as exc:  # the studies that need it will fail visibly; the others still warm up
+                outcome[name] = f"forward pass failed: {type(exc).__name__}: {exc}"
+                continue
             outcome[name] = "ready"
         return outcome
 

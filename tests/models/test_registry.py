@@ -87,6 +87,17 @@ def test_warm_up_loads_and_runs_each_model_and_names_the_unusable_ones(installed
     assert sorted(m.spec.name for m in registry.loaded()) == ["det", "lgg", "modality"]
 
 
+def test_warm_up_names_a_model_whose_forward_pass_fails_and_warms_the_others(tmp_path: Path) -> None:
+    for name, arch, size in (("small", "densenet121", 16), ("modality", "resnet18", SIZE)):
+        sha = save_weights(build_classifier(arch, 2).eval(), tmp_path / name / "weights.safetensors")
+        upsert_model_spec(tmp_path, ModelSpec(name, "classify", arch, ("CT", "MR"), size, 1, 0.5, 0.25,
+                                              f"{name}/weights.safetensors", sha, "1.0.0"))
+    # DenseNet121 halves its input five times: a 16 px input has nothing left for its last pooling
+    outcome = ModelRegistry(tmp_path, device="cpu").warm_up(["small", "modality"])
+    assert outcome["modality"] == "ready"
+    assert outcome["small"].startswith("forward pass failed: RuntimeError")
+
+
 def test_missing_and_altered_weights_are_reported_and_refused(installed, tmp_path: Path) -> None:
     import shutil
 
