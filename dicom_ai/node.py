@@ -68,12 +68,14 @@ class Node:
             queue.reclaim_orphans(is_dead_local_worker)
         run_id, database = self._run_id, self.database
         self.worker = Worker(queue, handler, threads=settings.queue.workers, stop_timeout=self._stop_timeout)
+        worker = self.worker
         self.monitor = StabilityMonitor(queue, on_tick=lambda: heartbeat_node_run(database, run_id),
-                                        on_queued=self.worker.wake)
+                                        on_queued=lambda _jobs: worker.wake())
         self.monitor.start()
         self.sender.start()
+        # before the worker starts: its warm-up then finds the weights' checksums already verified
+        models = models_status(settings, getattr(handler, "registry", None))
         self.worker.start()
-        models = models_status(settings)
         log.info("%d worker thread(s); studies are queued after %g s without a new instance; models: %s",
                  settings.queue.workers, settings.queue.stable_after_seconds, models.get("detail", models))
 

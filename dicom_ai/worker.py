@@ -18,7 +18,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
 
@@ -28,6 +28,9 @@ from dicom_ai.send.sender import ResultSender
 from dicom_ai.store.database import Database
 from dicom_ai.store.queue import JobQueue, LeaseLost
 from dicom_ai.store.records import ClaimedJob, JobInstance
+
+if TYPE_CHECKING:
+    from dicom_ai.models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +230,10 @@ def _series_summary(series: Any) -> dict[str, Any]:
     }
 
 
-def models_status(settings: Settings) -> dict[str, Any]:
+def models_status(settings: Settings, registry: ModelRegistry | None = None) -> dict[str, Any]:
     """What `dicom-ai status` and start-up show under "models": each manifest entry with its verified state.
+
+    `registry`: the running handler's ModelRegistry, whose checksums then need not be computed again.
 
     Keys: `available` (bool: can studies be analysed at all), `detail` (one line for the operator) and `models`
     (a list of {name, version, state, detail}: available / missing-weights / checksum-mismatch / invalid).
@@ -237,9 +242,10 @@ def models_status(settings: Settings) -> dict[str, Any]:
         return {"available": True, "detail": f"jobs run the handler {settings.queue.handler} (queue.handler)"}
     if not settings.pipeline.enabled:
         return {"available": False, "detail": "pipeline.enabled = false: studies are stored, not analysed"}
-    from dicom_ai.models.registry import ModelRegistry  # torch: only for the commands that report models
+    if registry is None:
+        from dicom_ai.models.registry import ModelRegistry  # torch: only for the commands that report models
 
-    registry = ModelRegistry(settings.pipeline.models_dir, device="cpu")
+        registry = ModelRegistry(settings.pipeline.models_dir, device="cpu")
     rows = [{"name": s.name, "version": s.spec.version if s.spec else None, "state": s.state, "detail": s.message}
             for s in registry.status()]
     usable = [row for row in rows if row["state"] == "available"]
@@ -343,7 +349,7 @@ class Worker:
             except LeaseLost:
                 pass
 
-    def wake(self, job_ids: object = None) -> None:
+    def wake(self) -> None:
         """A job was queued in this process: idle threads claim now instead of at their next poll."""
         self._wake.set()
 

@@ -1,7 +1,8 @@
 """Source frames through the registry's models in batches, with results mapped back to source pixels.
 
 Every model sees what training saw: the pipeline's float image in [0, 1] letterboxed to the model's input size
-(`pixels.letterbox`; zero padding, grey for the ultralytics detectors); `LoadedModel` normalises, runs the forward pass and post-processes (softmax, sigmoid, NMS).
+(`pixels.letterbox`; zero padding, grey for the ultralytics detectors); `LoadedModel` normalises, runs the forward
+pass and post-processes (softmax, sigmoid, NMS).
 Here: batching, and the way back through each frame's `Letterbox` (boxes to source pixel coordinates, probability
 maps resized to the source frame, then thresholded).
 """

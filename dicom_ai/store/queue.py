@@ -72,10 +72,8 @@ class JobQueue:
                                   .where(Study.state == StudyState.RECEIVING))
         if last is None:
             return None
-        now = self._clock()
-        if last.tzinfo is None and now.tzinfo is not None:
-            last = last.replace(tzinfo=now.tzinfo)
-        return max(0.0, (last + timedelta(seconds=self.settings.stable_after_seconds) - now).total_seconds())
+        due = last + timedelta(seconds=self.settings.stable_after_seconds)
+        return max(0.0, (due - self._clock()).total_seconds())
 
     def complete_study(self, study_uid: str) -> CompletionResult:
         """The operator says the study is complete: make it stable now and queue its job (no quiet period)."""
