@@ -109,9 +109,7 @@ def train_classifier(
     # Inverse-frequency class weights: hip and shoulder X-rays are rare.
     counts = torch.bincount(train_y, minlength=len(config.classes)).float().clamp(min=1)
     class_weights = (counts.sum() / counts / len(config.classes)).to(device)
-    steps_per_epoch = max(1, -(-len(train_y) // config.batch_size))
-    if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    steps_per_epoch = run.steps_per_epoch(len(train_y))
     for _ in run.epochs():
         losses = []
         for step, index in enumerate(batches(len(train_y), config.batch_size, run.generator, shuffle=True)):

@@ -128,7 +128,8 @@ class SupervisedRun:
     seeds, `config.json`, the AdamW optimizer, the time budget and cosine schedule, resume from `last.pt`, the CSV
     log, best-epoch tracking (`best_state.pt`) with early stopping on `config.patience`, and a checkpoint per epoch.
 
-    `config` needs name, seed, lr, weight_decay, max_epochs, budget_seconds, patience; it is written as JSON.
+    `config` needs name, seed, lr, weight_decay, max_epochs, budget_seconds, patience, batch_size and
+    max_steps_per_epoch; it is written as JSON.
     `score` names the validation metric that selects the best epoch (higher is better).
     """
 
@@ -154,6 +155,11 @@ class SupervisedRun:
             self.budget.after_epoch(self.epoch, self.spent)
             progress(f"[{config.name}] resumed after epoch {self.epoch}")
         self.log = CsvLog(out_dir / "log.csv", ["epoch", "lr", *log_fields, "seconds"], append=resume)
+
+    def steps_per_epoch(self, samples: int) -> int:
+        """Batches in one pass over `samples`, capped by `config.max_steps_per_epoch` when set."""
+        steps = max(1, -(-samples // self.config.batch_size))
+        return min(steps, self.config.max_steps_per_epoch) if self.config.max_steps_per_epoch else steps
 
     def epochs(self) -> Iterator[int]:
         """The epochs still to run (0-based), until the budget ends or `patience` epochs brought no progress."""

@@ -120,10 +120,7 @@ def train_segmenter(
         both = torch.cat([positives, chosen])
         return both[torch.randperm(len(both), generator=run.generator)]
 
-    epoch_size = len(epoch_indices())
-    steps_per_epoch = max(1, -(-epoch_size // config.batch_size))
-    if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    steps_per_epoch = run.steps_per_epoch(len(epoch_indices()))
     for _ in run.epochs():
         losses = []
         order = epoch_indices()
