@@ -102,6 +102,16 @@ class StorageSettings(_Section):
     sqlite_synchronous: Literal["normal", "full"] = Field(
         "normal", description="SQLite commit durability: 'normal' survives a crash of the process, 'full' power loss too"
     )
+    commit_before_answer: bool = Field(
+        False, description="answer a C-STORE only after the instance's row is committed (else after the fsynced file "
+                           "and its spool journal line; the row follows within milliseconds); implied by "
+                           "sqlite_synchronous = 'full'"
+    )
+
+    @property
+    def records_after_answer(self) -> bool:
+        """Whether instance rows are committed by the recorder after the C-STORE answer (dicom_ai.store.recorder)."""
+        return not self.commit_before_answer and self.sqlite_synchronous != "full"
 
     @property
     def spool_dir(self) -> Path:

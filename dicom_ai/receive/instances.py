@@ -1,10 +1,11 @@
 """The C-STORE SCP handler: validate, write the bytes as received, record, answer (PS3.4 Annex B).
 
-It runs on the association's thread, so it does the least: one header parse (up to group 0020), one atomic spool
-write (file meta + the dataset bytes exactly as received, never re-encoded; usually streamed into the spool while it
-arrived, see dicom_ai.receive.streaming), one database transaction. The row is written while the file's fsyncs run
-and committed only after they succeeded: success is answered only once the file is durable under its final name
-*and* its row is committed.
+It runs on the association's thread, so it does the least: one header parse (up to group 0020), one indexed
+duplicate lookup, one atomic spool write (file meta + the dataset bytes exactly as received, never re-encoded;
+usually streamed into the spool while it arrived, see dicom_ai.receive.streaming). Success is answered only once the
+file is durable under its final name and the instance is either journaled for the recorder, which commits its row
+right after (dicom_ai.store.recorder; the default), or, with `storage.commit_before_answer`, its row is committed
+(written while the file's fsyncs run, committed only after they succeeded).
 
 C-STORE response statuses (0000,0900) this node answers:
 
@@ -41,6 +42,7 @@ from dicom_ai.receive.server import AssociationSession
 from dicom_ai.receive.streaming import incoming_file
 from dicom_ai.store.database import Database
 from dicom_ai.store.models import Instance
+from dicom_ai.store.recorder import InstanceRecorder, JournalUnavailable
 from dicom_ai.store.records import ReceivedInstance
 from dicom_ai.store.spool import (
     IncomingFile,
@@ -94,8 +96,10 @@ class InstanceReceiver:
     """Handles EVT_C_STORE for every association of one listener."""
 
     def __init__(self, database: Database, spool: Spool, storage: StorageSettings,
-                 is_own_output: OwnOutputCheck | None = None) -> None:
+                 is_own_output: OwnOutputCheck | None = None, recorder: InstanceRecorder | None = None) -> None:
+        """`recorder`: commits rows after the answer (storage.commit_before_answer = false); None: before it."""
         self.database = database
+        self.recorder = recorder
         self.spool = spool
         self.duplicate_policy = storage.duplicate_policy
         self.is_own_output = is_own_output
@@ -181,27 +185,56 @@ class InstanceReceiver:
 
         received = _received_instance(header, identity, str(transfer_syntax), stored.size_bytes, stored.path,
                                       calling_ae, self._own_output(header))
+        association_id = session.association_id if session else None
+        if not self._record_behind(association_id, stored, received):
+            self._record_now(association_id, stored, received, previous)
+        if previous is not None and previous != stored.path:
+            self.spool.remove(previous)
+        return StoreStatus.SUCCESS
+
+    def _record_behind(self, association_id: int | None, stored: StoredFile | PlacedFile,
+                       received: ReceivedInstance) -> bool:
+        """Journal the durable file and leave its row to the recorder (dicom_ai.store.recorder); False when the
+        recorder is not taking instances and the row must be committed before the answer."""
+        recorder = self.recorder
+        if recorder is None or not recorder.accepting:
+            return False
+        if isinstance(stored, PlacedFile):
+            try:
+                stored.wait()
+            except SpoolError as exc:  # the new name is removed already
+                raise _spool_refusal(exc) from None
+        try:
+            recorder.submit(association_id, received)
+        except JournalUnavailable as exc:
+            log.warning("%s; recording %s before answering", exc, received.sop_instance_uid)
+            return False
+        return True
+
+    def _record_now(self, association_id: int | None, stored: StoredFile | PlacedFile, received: ReceivedInstance,
+                    previous: Path | None) -> None:
         try:
             # committed only once the file is durable (PlacedFile.wait raises if an fsync failed: nothing committed)
-            self.database.record_instance(session.association_id if session else None, received,
+            self.database.record_instance(association_id, received,
                                           before_commit=stored.wait if isinstance(stored, PlacedFile) else None)
         except SpoolError as exc:  # the new name is removed already
             raise _spool_refusal(exc) from None
         except Exception as exc:
-            log.exception("cannot record instance %s", identity.sop_instance_uid)
+            log.exception("cannot record instance %s", received.sop_instance_uid)
             if isinstance(stored, PlacedFile):
                 with suppress(SpoolError):
                     stored.wait()
             if previous != stored.path:
                 self.spool.remove(stored.path)  # not recorded -> not received; the sender will retry
             raise Refused(StoreStatus.OUT_OF_RESOURCES, f"audit database refused the row: {exc}") from None
-        if previous is not None and previous != stored.path:
-            self.spool.remove(previous)
-        return StoreStatus.SUCCESS
 
     def _stored_path(self, sop_instance_uid: str) -> Path | None:
-        """Where an instance with this SOP Instance UID is already spooled, if it is (one indexed lookup: this
-        runs for every C-STORE, and `Database.find_instance` builds a full `InstanceInfo` with two joins)."""
+        """Where an instance with this SOP Instance UID is already spooled, if it is: queued for the recorder, or
+        one indexed lookup (this runs for every C-STORE; `Database.find_instance` does two joins)."""
+        if self.recorder is not None:
+            pending = self.recorder.pending_path(sop_instance_uid)
+            if pending is not None:
+                return pending
         with self.database.engine.connect() as connection:
             path = connection.execute(_STORED_PATH, {"uid": sop_instance_uid}).scalar()
         return None if path is None else Path(path)

@@ -2,7 +2,7 @@
 
 `start()` returns the bound address at once (port 0 picks a free port); `serve()` blocks until SIGTERM/SIGINT;
 `stop(timeout)` stops accepting, lets in-flight associations finish for up to `timeout` seconds, aborts the rest,
-and removes the spool's temporary files, so nothing half-written remains.
+removes the spool's temporary files, so nothing half-written remains, and commits the rows still queued.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from dicom_ai.receive.instances import InstanceReceiver
 from dicom_ai.receive.server import Gate, NodeServer
 from dicom_ai.receive.tls import server_tls_context
 from dicom_ai.store.database import Database
+from dicom_ai.store.recorder import InstanceRecorder
 from dicom_ai.store.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,8 @@ class Listener:
         self.settings = settings
         self.database = database
         self.spool = spool
-        self.receiver = InstanceReceiver(database, spool, settings.storage, _own_output_check())
+        self.recorder = InstanceRecorder(database, spool.root) if settings.storage.records_after_answer else None
+        self.receiver = InstanceReceiver(database, spool, settings.storage, _own_output_check(), self.recorder)
         self._server: NodeServer | None = None
         self._thread: threading.Thread | None = None
         self._stop_lock = threading.Lock()
@@ -70,18 +72,25 @@ class Listener:
         removed = self.spool.remove_incomplete()
         if removed:
             log.info("removed %d incomplete spool file(s) left by an earlier run", removed)
+        if self.recorder is not None:
+            self.recorder.start()  # first records what an earlier run answered for but had not committed
         ae = self._application_entity()
         tls = self.settings.tls
-        server = ae.make_server(
-            (node.bind, node.port),
-            contexts=ae.supported_contexts,
-            evt_handlers=[(evt.EVT_C_STORE, self.receiver.handle_store)],
-            server_class=NodeServer,
-            gate=Gate(AccessPolicy(node.ae_title, self.settings.access, dict(self.settings.nodes)), self.database,
-                      self.spool),
-            tls_context=server_tls_context(tls) if tls.enabled else None,
-            handshake_timeout=tls.handshake_timeout,
-        )
+        try:
+            server = ae.make_server(
+                (node.bind, node.port),
+                contexts=ae.supported_contexts,
+                evt_handlers=[(evt.EVT_C_STORE, self.receiver.handle_store)],
+                server_class=NodeServer,
+                gate=Gate(AccessPolicy(node.ae_title, self.settings.access, dict(self.settings.nodes)),
+                          self.database, self.spool, self.recorder),
+                tls_context=server_tls_context(tls) if tls.enabled else None,
+                handshake_timeout=tls.handshake_timeout,
+            )
+        except BaseException:
+            if self.recorder is not None:
+                self.recorder.stop()
+            raise
         ae._servers.append(server)
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
@@ -128,6 +137,8 @@ class Listener:
             for connection in server.live_connections():
                 connection.join(max(0.0, grace - time.monotonic()))
             removed = self.spool.remove_incomplete()
+            if self.recorder is not None:
+                self.recorder.stop()
             if self._thread is not None:
                 self._thread.join(timeout=2)
             log.info("listener stopped (%d association(s) aborted, %d incomplete file(s) removed)",

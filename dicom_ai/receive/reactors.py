@@ -160,7 +160,8 @@ class WaitingDUL(DULServiceProvider):
 
 def run_acceptor_reactor(assoc: Any) -> None:
     """pynetdicom 3.0.4 `Association._run_reactor` (acceptor loop), waiting on the DIMSE message queue instead of
-    sleeping 1 ms before each non-blocking look at it."""
+    sleeping 1 ms before each non-blocking look at it, and calling `assoc.before_release()`, if it has one, before
+    answering an A-RELEASE."""
     from pynetdicom import evt  # local: keeps this module's import light for the DUL class alone
 
     assoc._is_paused = False
@@ -175,6 +176,9 @@ def run_acceptor_reactor(assoc: Any) -> None:
         if msg:
             assoc._serve_request(msg, context_id)
         if assoc.is_established and assoc.acse.is_release_requested():
+            before_release = getattr(assoc, "before_release", None)
+            if before_release is not None:
+                before_release()
             assoc.acse.send_release(is_response=True)
             log.debug("Association Released")
             assoc.is_released = True

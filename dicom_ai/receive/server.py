@@ -40,12 +40,14 @@ from dicom_ai.receive.reactors import BulkReadingSocket, WaitingDUL, run_accepto
 from dicom_ai.receive.file_meta import received_file_meta
 from dicom_ai.receive.streaming import SpoolingDIMSE
 from dicom_ai.store.database import Database
+from dicom_ai.store.recorder import InstanceRecorder
 from dicom_ai.store.records import AssociationOutcome
 from dicom_ai.store.spool import IncomingFile, Spool
 
 log = logging.getLogger(__name__)
 
 MODE_ACCEPTOR = "acceptor"
+RELEASE_FLUSH_SECONDS = 10.0  # longest an A-RELEASE waits for the association's rows (dicom_ai.store.recorder)
 
 # pynetdicom binds these to every association; they only write its INFO/DEBUG log, yet run for every PDU and DIMSE
 # message (the C-STORE one copies the whole received dataset to see that it is not empty).
@@ -80,12 +82,14 @@ class AssociationSession:
 
 @dataclass(frozen=True)
 class Gate:
-    """What every association of the server needs: the access policy, the audit database, and the spool that
-    C-STORE data sets are streamed into (None: they are received in memory)."""
+    """What every association of the server needs: the access policy, the audit database, the spool that
+    C-STORE data sets are streamed into (None: they are received in memory), and the recorder that commits
+    instance rows after the answers (None: committed before them)."""
 
     policy: AccessPolicy
     database: Database
     spool: Spool | None = None
+    recorder: InstanceRecorder | None = None
 
 
 class NodeACSE(ACSE):
@@ -160,6 +164,11 @@ class NodeAssociation(Association):
 
     def _run_reactor(self) -> None:
         run_acceptor_reactor(self)
+
+    def before_release(self) -> None:
+        """Called before the A-RELEASE-RP: a sender that has released finds its instances in the database."""
+        if self.gate.recorder is not None:
+            self.gate.recorder.flush(RELEASE_FLUSH_SECONDS)
 
     def record_rejection(self, calling_ae: str, called_ae: str, reason: str) -> None:
         self.gate.database.record_rejected_association(calling_ae, self.peer_host, self.peer_port, called_ae,

@@ -4,8 +4,9 @@ pynetdicom collects every fragment of a message in memory and hands the whole da
 then writes it out and waits for the device. Here, once the command set of a C-STORE-RQ is decoded, an
 `IncomingFile` is opened in the spool (file meta from the command: Affected SOP Class and Instance UID, the
 context's transfer syntax, the calling AE) and each data fragment is appended to it on the DUL thread; when the
-last one is in, its write to the device starts while the handler reads and checks the header. The handler finds the file with
-`incoming_file(request)`, reads the header from it, checks it, and commits it under its final name or discards it.
+last one is in, its write to the device starts while the handler reads and checks the header. The handler finds the
+file with `incoming_file(request)`, reads the header from it, checks it, and commits it under its final name or
+discards it.
 
 A message falls back to pynetdicom's in-memory path when the spool cannot open the file (the handler then answers
 from its own write attempt, e.g. 0xA700 when the disk is full) or when the whole data set came in the same P-DATA

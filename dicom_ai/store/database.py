@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 _WRITE_OPTION = "dicom_ai_write"
+_T = TypeVar("_T")
 
 
 class DatabaseError(RuntimeError):
@@ -220,18 +221,53 @@ class Database:
 
         Returns "replaced" when the SOP Instance UID was already known (the row then points at the new copy).
         """
+        def write(session: Session) -> Literal["new", "replaced"]:
+            outcome = _record_instance(session, association_id, meta)
+            if before_commit is not None:
+                before_commit()
+            return outcome
+
+        return self._write_instances(write)
+
+    def record_instances(self, batch: Sequence[tuple[int | None, ReceivedInstance]], *,
+                         event_kind: str | None = None) -> None:
+        """Record several (association id, instance) pairs, all files already durable, in one transaction, in
+        order (`dicom_ai.store.recorder` commits what the listener has already answered for this way).
+        `event_kind`: also log one audit event of that kind per instance (e.g. instances re-recorded from the
+        journal at start-up)."""
+        def write(session: Session) -> None:
+            for association_id, meta in batch:
+                _record_instance(session, association_id, meta)
+                if event_kind is not None:
+                    add_event(session, event_kind, study_uid=meta.study_uid, series_uid=meta.series_uid,
+                              sop_instance_uid=meta.sop_instance_uid, association_id=association_id,
+                              detail={"spool_path": meta.spool_path})
+
+        self._write_instances(write)
+
+    def _write_instances(self, write: Callable[[Session], _T]) -> _T:
+        """Run `write` in one write transaction under the instance lock, retried when two writers created the
+        same study/series at once (possible on PostgreSQL: the retry finds it)."""
         for attempt in range(3):
             try:
                 with self._instance_lock, self.write_session() as session:
-                    outcome = _record_instance(session, association_id, meta)
-                    if before_commit is not None:
-                        before_commit()
-                    return outcome
+                    return write(session)
             except IntegrityError:
-                # Two writers created the same study/series at once (possible on PostgreSQL): the retry finds it.
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def stored_copies(self, sop_instance_uids: Iterable[str]) -> dict[str, tuple[str, int, str]]:
+        """SOP Instance UID -> (spool path, size in bytes, transfer syntax) of those that have a row."""
+        uids = list(sop_instance_uids)
+        found: dict[str, tuple[str, int, str]] = {}
+        with self.engine.connect() as connection:
+            for start in range(0, len(uids), 500):
+                rows = connection.execute(
+                    select(Instance.sop_instance_uid, Instance.spool_path, Instance.size_bytes,
+                           Instance.transfer_syntax).where(Instance.sop_instance_uid.in_(uids[start:start + 500])))
+                found.update((uid, (path, size, syntax)) for uid, path, size, syntax in rows)
+        return found
 
     def record_refused_instance(self, association_id: int | None, sop_instance_uid: str | None, status: int,
                                 reason: str) -> None:
