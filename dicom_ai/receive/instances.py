@@ -1,6 +1,6 @@
 """The C-STORE SCP handler: validate, write the bytes as received, record, answer (PS3.4 Annex B).
 
-It runs on the association's thread, so it does the least: one header parse (up to group 0020), one indexed
+It runs on the association's thread, so it does the least: one header parse (the attributes it records), one indexed
 duplicate lookup, one atomic spool write (file meta + the dataset bytes exactly as received, never re-encoded;
 usually streamed into the spool while it arrived, see dicom_ai.receive.streaming). Success is answered only once the
 file is durable under its final name and the instance is either journaled for the recorder, which commits its row
@@ -60,6 +60,13 @@ log = logging.getLogger(__name__)
 _STORED_PATH = select(Instance.spool_path).where(Instance.sop_instance_uid == bindparam("uid"))
 
 _ERROR_COMMENT_MAX = 64  # Error Comment (0000,0902) is LO
+
+# What the handler reads from each received header: the UIDs it checks, what the instance row records
+# (dicom_ai.store.records.ReceivedInstance), and Manufacturer for recognising our own outputs coming back.
+HEADER_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "StudyDate", "Modality", "Manufacturer", "SeriesDescription", "PatientName",
+    "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesNumber", "InstanceNumber",
+)
 
 
 class StoreStatus(IntEnum):
@@ -148,7 +155,7 @@ class InstanceReceiver:
         else:
             dataset = source = event.encoded_dataset(include_meta=False)
         try:
-            header = read_header(source, str(transfer_syntax))
+            header = read_header(source, str(transfer_syntax), HEADER_KEYWORDS)
         except UnreadableDataset as exc:
             raise Refused(StoreStatus.CANNOT_UNDERSTAND, str(exc)) from None
         identity = _identity(header, str(abstract_syntax), str(event.request.AffectedSOPClassUID or ""),
