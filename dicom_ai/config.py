@@ -162,6 +162,8 @@ class PipelineSettings(_Section):
     batch_size: int = Field(8, ge=1, le=1024, description="frames per forward pass of detectors and segmenters")
     warm_up: bool = Field(True, description="load every routed model and run one blank batch at start-up, in the "
                                             "background, so the first study does not pay for it")
+    report_process: bool = Field(True, description="build the complete SRs in a helper process while the SEG, boxes "
+                                                   "SR and key images are built and queued (machines with 2+ CPUs)")
 
     @property
     def resolved_routing_file(self) -> Path:

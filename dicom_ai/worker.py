@@ -8,6 +8,7 @@ returned.
 
 from __future__ import annotations
 
+import datetime as dt
 import gc
 import importlib
 import logging
@@ -17,6 +18,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +26,7 @@ from pydicom.dataset import Dataset
 
 from dicom_ai.config import ConfigError, Settings
 from dicom_ai.pipeline.findings import StudyFindings
+from dicom_ai.send.outbox import part10_summary
 from dicom_ai.send.sender import ResultSender
 from dicom_ai.store.database import Database
 from dicom_ai.store.queue import JobQueue, LeaseLost
@@ -31,6 +34,7 @@ from dicom_ai.store.records import ClaimedJob, JobInstance
 
 if TYPE_CHECKING:
     from dicom_ai.models.registry import ModelRegistry
+    from dicom_ai.report.process import ReportProcess
 
 log = logging.getLogger(__name__)
 
@@ -103,21 +107,41 @@ def build_study_handler(settings: Settings, database: Database,
     return _analyse_study_handler(settings, database, sender or ResultSender(settings, database))
 
 
-def report_and_send(job: StudyJob, sources: Sequence[Dataset], findings: StudyFindings,
-                    sender: ResultSender) -> None:
+def report_and_send(job: StudyJob, sources: Sequence[Dataset], findings: StudyFindings, sender: ResultSender,
+                    report_process: ReportProcess | None = None) -> None:
     """The last hops of a job: findings -> DICOM objects (report stage) -> the durable outbox (send stage).
 
-    Returns once every object is safely in the outbox (`send.queued` per object and destination, or a dead letter
-    with the reason when the sender is not in [nodes]); delivery itself is the dispatcher's (`send.stored`).
+    With a `report_process`, the complete SRs are built there meanwhile (dicom_ai.report.process), and what the
+    viewer shows (SEG, boxes SR, key images) is queued first. Returns once every object is safely in the outbox
+    (`send.queued` per object and destination, or a dead letter with the reason when the sender is not in [nodes]);
+    delivery itself is the dispatcher's (`send.stored`).
     """
     # Imported when a job runs, not with this module: highdicom adds ~0.7 s to every `dicom-ai` command.
-    from dicom_ai.report import build_outputs
+    from dicom_ai.report import KINDS, REPORT_KINDS, VIEWER_KINDS, build_outputs
 
-    outputs = build_outputs(list(sources), findings)
+    now = dt.datetime.now(dt.timezone.utc)
+    reports = report_process.submit(sources, findings, now) if report_process is not None else None
+    _queue_outputs(job, sender, build_outputs(list(sources), findings, now=now,
+                                              kinds=KINDS if reports is None else VIEWER_KINDS))
+    if reports is None or report_process is None:
+        return
+    encoded: Sequence[Dataset | bytes]
+    try:
+        encoded = reports.result()
+    except BrokenProcessPool:
+        log.warning("job %d: the report process ended unexpectedly; building the complete reports here",
+                    job.job_id)
+        report_process.restart()
+        encoded = build_outputs(list(sources), findings, now=now, kinds=REPORT_KINDS)
+    _queue_outputs(job, sender, encoded)
+
+
+def _queue_outputs(job: StudyJob, sender: ResultSender, outputs: Sequence[Dataset | bytes]) -> None:
+    headers = [part10_summary(item) if isinstance(item, bytes) else item for item in outputs]
     job.record("report.built", {"objects": [{"sop_instance_uid": str(ds.SOPInstanceUID),
                                              "sop_class_uid": str(ds.SOPClassUID),
                                              "series_description": str(ds.get("SeriesDescription", ""))}
-                                            for ds in outputs]})
+                                            for ds in headers]})
     if not outputs:
         return
     submitted = sender.submit(outputs, study_uid=job.study_uid, calling_ae=job.calling_ae, job_id=job.job_id)
@@ -145,6 +169,7 @@ class AnalyseStudy:
     def __init__(self, settings: Settings, database: Database, sender: ResultSender) -> None:
         from dicom_ai.models.registry import ModelRegistry
         from dicom_ai.pipeline import RoutingError, load_routing
+        from dicom_ai.report.process import ReportProcess
 
         try:
             self.routing = load_routing(settings.pipeline.resolved_routing_file)
@@ -154,12 +179,14 @@ class AnalyseStudy:
         self.database = database
         self.sender = sender
         self.registry = ModelRegistry(settings.pipeline.models_dir, device=settings.pipeline.device)
+        self.report_process = (ReportProcess() if settings.pipeline.report_process and (os.cpu_count() or 1) > 1
+                               else None)
 
     def warm_up(self) -> None:
         """Start-up work that would otherwise land on the first study: model loads and first forward passes, the
-        report stage's imports and tables (highdicom), and freezing what they leave for the garbage collector. Ends
-        with a `models.ready` audit event naming each model's version and checksum. Off with
-        `pipeline.warm_up = false`."""
+        report stage's imports and tables (highdicom), the report process (`pipeline.report_process`), and freezing
+        what they leave for the garbage collector. Ends with a `models.ready` audit event naming each model's version
+        and checksum. Off with `pipeline.warm_up = false` (then jobs also build their complete reports themselves)."""
         if not self.settings.pipeline.warm_up:
             return
         started = time.monotonic()
@@ -167,6 +194,12 @@ class AnalyseStudy:
         from dicom_ai.report import warm_up as warm_up_report
 
         warm_up_report()
+        if self.report_process is not None:  # used only once started: spawning it for a job costs more than it saves
+            try:
+                self.report_process.start()
+            except Exception:
+                log.exception("the report process did not start; jobs build their complete reports themselves")
+                self.report_process.stop()
         # Models, ultralytics and highdicom's tables leave ~800k long-lived objects; every full garbage collection
         # during a job walked them all (~0.3 s each). Frozen, collections only look at what jobs create.
         gc.collect()
@@ -210,7 +243,13 @@ class AnalyseStudy:
         job.record("pipeline.findings", findings.to_dict())
         if job.stop_requested:
             raise RuntimeError("node stopping before the report was built")
-        report_and_send(job, sources, findings, self.sender)
+        helper = self.report_process if self.report_process is not None and self.report_process.running else None
+        report_and_send(job, sources, findings, self.sender, helper)
+
+    def close(self) -> None:
+        """Stop the report process (the worker calls this when it stops)."""
+        if self.report_process is not None:
+            self.report_process.stop()
 
 
 def _series_summary(series: Any) -> dict[str, Any]:
@@ -340,6 +379,9 @@ class Worker:
         self._stopped.set()
         if self._heartbeat_thread is not None:
             self._heartbeat_thread.join()
+        close = getattr(self.handler, "close", None)
+        if callable(close):
+            close()
         with self._held_lock:
             leftovers = list(self._held.items())
         for job_id, held in leftovers:

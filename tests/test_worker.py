@@ -235,7 +235,12 @@ def test_the_pipeline_handler_warms_up_its_routed_models_and_audits_them(databas
     settings = load_settings(None, environ={})
     handler = build_study_handler(settings, database)
     assert isinstance(handler, AnalyseStudy)
-    handler.warm_up()
+    try:
+        handler.warm_up()
+        assert handler.report_process is not None and handler.report_process.running
+    finally:
+        handler.close()
+    assert not handler.report_process.running
     [ready] = events(database, "models.ready")
     shipped = {row["name"] for row in models_status(settings)["models"] if row["state"] == "available"}
     routed = handler.routing.model_names()

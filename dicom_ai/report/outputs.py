@@ -11,7 +11,7 @@ source series, its instances and the model identities.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from pydicom.dataset import Dataset
 
@@ -23,6 +23,9 @@ from dicom_ai.report.sources import series_sources
 from dicom_ai.report.structured_report import box_groups, build_box_report, build_full_report
 
 SERIES_NUMBER_BASE = 9000
+KINDS = ("seg", "sr", "boxes", "key")  # SEG, complete TID 1500 SR, boxes-only SR, key image
+VIEWER_KINDS = ("seg", "boxes", "key")  # what a viewer overlays or shows
+REPORT_KINDS = ("sr",)
 
 
 def _identity(findings: SeriesFindings) -> list[str]:
@@ -32,8 +35,8 @@ def _identity(findings: SeriesFindings) -> list[str]:
 
 
 def build_series_outputs(source_datasets: Sequence[Dataset], findings: SeriesFindings, index: int,
-                         now: dt.datetime) -> list[Dataset]:
-    """The objects of one analysed series (see the module docstring)."""
+                         now: dt.datetime, kinds: Collection[str] = KINDS) -> list[Dataset]:
+    """The objects of one analysed series (see the module docstring), of the given `kinds` only."""
     sources = series_sources(source_datasets, findings)
     identity = _identity(findings)
     base = SERIES_NUMBER_BASE + 10 * index
@@ -45,29 +48,36 @@ def build_series_outputs(source_datasets: Sequence[Dataset], findings: SeriesFin
     outputs: list[Dataset] = []
     plan = non_empty(findings.segmentations)
     seg = None
-    if plan.segments:
+    if plan.segments and ("seg" in kinds or "sr" in kinds):  # the complete SR references the SEG
         seg = build_segmentation(sources, plan, series_number=base + 1, now=now, **uids("seg"))
-        outputs.append(seg)
-    boxes = box_groups(sources)
-    outputs.append(build_full_report(sources, plan, seg, boxes, series_number=base + 2, now=now, **uids("sr")))
-    if boxes:
+        if "seg" in kinds:
+            outputs.append(seg)
+    boxes = box_groups(sources) if "sr" in kinds or "boxes" in kinds else []
+    if "sr" in kinds:
+        outputs.append(build_full_report(sources, plan, seg, boxes, series_number=base + 2, now=now, **uids("sr")))
+    if boxes and "boxes" in kinds:
         outputs.append(build_box_report(sources, boxes, series_number=base + 3, now=now, **uids("boxes")))
-    outputs.append(build_key_image(sources, plan, series_number=base + 4, now=now, **uids("key")))
+    if "key" in kinds:
+        outputs.append(build_key_image(sources, plan, series_number=base + 4, now=now, **uids("key")))
     return outputs
 
 
-def build_outputs(source_datasets: Sequence[Dataset], findings: StudyFindings, *,
-                  now: dt.datetime | None = None) -> list[Dataset]:
+def build_outputs(source_datasets: Sequence[Dataset], findings: StudyFindings, *, now: dt.datetime | None = None,
+                  kinds: Collection[str] = KINDS) -> list[Dataset]:
     """SEG, SRs and key images for every analysed series of `findings`, joining the source study.
 
     `source_datasets` are the study's instances with pixel data (pydicom Datasets); every instance a series'
     findings name must be among them (`MissingSource` otherwise). `now` sets Content/Series Date and Time
-    (default: the current UTC time); everything else, UIDs included, depends only on the inputs.
+    (default: the current UTC time); everything else, UIDs included, depends only on the inputs. `kinds`: a subset
+    of `KINDS` to build only those objects (each is the same as in a complete build).
     """
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown output kind(s) {sorted(unknown)}; known: {', '.join(KINDS)}")
     moment = now or dt.datetime.now(dt.timezone.utc)
     outputs: list[Dataset] = []
     for index, series in enumerate(findings.series):
-        outputs += build_series_outputs(source_datasets, series, index, moment)
+        outputs += build_series_outputs(source_datasets, series, index, moment, kinds)
     for ds in outputs:
         if ds.StudyInstanceUID != findings.study_instance_uid:
             raise ValueError(f"series of study {ds.StudyInstanceUID} given as findings of study "

@@ -123,6 +123,14 @@ def encode_part10(dataset: Dataset) -> bytes:
     return buffer.getvalue()
 
 
+SUMMARY_KEYWORDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "SeriesDescription")
+
+
+def part10_summary(data: bytes) -> Dataset:
+    """File meta and `SUMMARY_KEYWORDS` of an encoded Part 10 file (values of everything else are skipped)."""
+    return pydicom.dcmread(BytesIO(data), specific_tags=list(SUMMARY_KEYWORDS))
+
+
 def _write_atomically(path: Path, data: bytes) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     try:
@@ -159,13 +167,15 @@ class Outbox:
 
     # -- queueing ------------------------------------------------------------------------------------------
 
-    def write_file(self, dataset: Dataset) -> OutboxFile:
-        """Write one object to the outbox directory (a fresh file name per call, never overwriting)."""
+    def write_file(self, item: Dataset | bytes) -> OutboxFile:
+        """Write one object, a dataset or an encoded Part 10 file, to the outbox directory (a fresh file name per
+        call, never overwriting)."""
+        dataset = part10_summary(item) if isinstance(item, bytes) else item
         sop_instance_uid = require_uid(dataset.get("SOPInstanceUID"), "SOP Instance UID (0008,0018)")
         study_uid = require_uid(dataset.get("StudyInstanceUID"), "Study Instance UID (0020,000D)")
         series_uid = require_uid(dataset.get("SeriesInstanceUID"), "Series Instance UID (0020,000E)")
         sop_class_uid = require_uid(dataset.get("SOPClassUID"), "SOP Class UID (0008,0016)")
-        data = encode_part10(dataset)
+        data = item if isinstance(item, bytes) else encode_part10(dataset)
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{sop_instance_uid}.{uuid.uuid4().hex[:12]}.dcm"
         _write_atomically(path, data)
@@ -173,9 +183,10 @@ class Outbox:
                           sop_class_uid=sop_class_uid, transfer_syntax=str(dataset.file_meta.TransferSyntaxUID),
                           path=path)
 
-    def enqueue(self, datasets: Sequence[Dataset], plan: DeliveryPlan, *, study_uid: str,
+    def enqueue(self, datasets: Sequence[Dataset | bytes], plan: DeliveryPlan, *, study_uid: str,
                 job_id: int | None = None) -> list[OutboxEntry]:
-        """Queue `datasets` for every destination of `plan`; dead-letter them for an unresolved sender.
+        """Queue `datasets` (or encoded Part 10 files) for every destination of `plan`; dead-letter them for an
+        unresolved sender.
 
         Re-queueing an object (same SOP Instance UID, same destination) re-arms its row instead of adding one, so
         a re-processed study replaces its results at the destination rather than duplicating them.

@@ -53,9 +53,10 @@ class ResultSender:
     def stop(self, timeout: float | None = None) -> None:
         self.dispatcher.stop(self.settings.send.timeout_seconds + 5 if timeout is None else timeout)
 
-    def submit(self, datasets: Sequence[Dataset], *, study_uid: str, calling_ae: str,
+    def submit(self, datasets: Sequence[Dataset | bytes], *, study_uid: str, calling_ae: str,
                job_id: int | None = None) -> SubmittedResults:
-        """Queue `datasets` for the study's sender and the extra destinations; returns once they are durable."""
+        """Queue `datasets` (or encoded Part 10 files) for the study's sender and the extra destinations; returns
+        once they are durable."""
         plan = plan_delivery(self.settings, calling_ae)
         if plan.unresolved_sender is not None:
             log.warning("study %s: %s", study_uid, plan.unresolved_reason)
