@@ -41,7 +41,7 @@ from dicom_ai.receive.header import UnreadableDataset, read_header
 from dicom_ai.receive.server import AssociationSession
 from dicom_ai.receive.streaming import incoming_file
 from dicom_ai.store.database import Database
-from dicom_ai.store.models import Instance
+from dicom_ai.store.models import Instance, utcnow
 from dicom_ai.store.recorder import InstanceRecorder, JournalUnavailable
 from dicom_ai.store.records import ReceivedInstance
 from dicom_ai.store.spool import (
@@ -294,7 +294,7 @@ def _received_instance(header: Dataset, identity: InstanceIdentity, transfer_syn
         patient_name=_text(header, "PatientName"), study_date=_text(header, "StudyDate"),
         series_number=_integer(header, "SeriesNumber"), instance_number=_integer(header, "InstanceNumber"),
         series_description=_text(header, "SeriesDescription"), size_bytes=size_bytes, spool_path=str(path),
-        calling_ae=calling_ae, produced_by_us=produced_by_us,
+        calling_ae=calling_ae, produced_by_us=produced_by_us, received_at=utcnow(),
     )
 
 

@@ -365,9 +365,9 @@ _TOUCH_STUDY = update(_STUDIES).where(_STUDIES.c.id == bindparam("p_id")).values
 
 def _record_instance(session: Session, association_id: int | None,
                      meta: ReceivedInstance) -> Literal["new", "replaced"]:
-    # Runs once per received instance on the association's thread, so the common path (known study and series,
-    # new instance) is six prepared Core statements; the rare paths use the ORM.
-    now = utcnow()
+    # Runs once per received instance (on the recorder's thread, or the association's), so the common path (known
+    # study and series, new instance) is six prepared Core statements; the rare paths use the ORM.
+    now = meta.received_at or utcnow()
     db = session.connection()
     study_row = db.execute(_SELECT_STUDY, {"p_uid": meta.study_uid}).first()
     if study_row is None:

@@ -27,6 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 from dicom_ai.store.database import Database
@@ -74,7 +75,8 @@ class InstanceRecorder:
 
     def submit(self, association_id: int | None, instance: ReceivedInstance) -> None:
         """Journal an instance whose spool file is durable and queue its row. Raises `JournalUnavailable`."""
-        line = json.dumps({"association_id": association_id, **dataclasses.asdict(instance)}).encode() + b"\n"
+        line = json.dumps({"association_id": association_id, **dataclasses.asdict(instance)},
+                          default=datetime.isoformat).encode() + b"\n"
         with self._condition:
             try:
                 if self._segment is None:
@@ -222,6 +224,8 @@ def _read_segment(path: Path) -> Iterator[Entry]:
     for number, line in enumerate(path.read_bytes().splitlines(), 1):
         try:
             record = json.loads(line)
+            if record.get("received_at") is not None:
+                record["received_at"] = datetime.fromisoformat(record["received_at"])
             instance = ReceivedInstance(**{key: value for key, value in record.items() if key in fields})
         except (ValueError, TypeError):
             log.warning("%s line %d is incomplete; skipped (never answered)", path, number)

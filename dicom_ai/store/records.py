@@ -51,7 +51,8 @@ class ReceivedInstance:
     SOPClassUID (0008,0016), TransferSyntaxUID (0002,0010), Modality (0008,0060), PatientID (0010,0020),
     PatientName (0010,0010), StudyDate (0008,0020), SeriesNumber (0020,0011), InstanceNumber (0020,0013),
     SeriesDescription (0008,103E). `produced_by_us` marks our own outputs coming back: they are stored and
-    audited but never analysed and never re-open a study.
+    audited but never analysed and never re-open a study. `received_at`: when the listener had it safely on disk
+    (UTC; the row may be committed later, see dicom_ai.store.recorder); None = when it is recorded.
     """
 
     study_uid: str
@@ -70,6 +71,7 @@ class ReceivedInstance:
     spool_path: str
     calling_ae: str
     produced_by_us: bool = False
+    received_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

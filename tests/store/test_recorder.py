@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,8 @@ def test_queued_instance_is_pending_until_committed(database: Database, tmp_path
 def test_replay_records_what_a_killed_run_answered_for(database: Database, tmp_path: Path,
                                                        instance_factory: Factory) -> None:
     root = tmp_path / "spool"
-    answered = [spooled(instance_factory(), root) for _ in range(3)]
+    long_ago = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    answered = [dataclasses.replace(spooled(instance_factory(), root), received_at=long_ago) for _ in range(3)]
     already_recorded = spooled(instance_factory(), root)
     file_gone = instance_factory()  # replaced and removed later: nothing to record
     association_id = association(database)
@@ -101,6 +103,9 @@ def test_replay_records_what_a_killed_run_answered_for(database: Database, tmp_p
     assert set(recorded) == {instance.sop_instance_uid for instance in [*answered, already_recorded]}
     assert {event.sop_instance_uid for event in recovered_events(database)} == {
         instance.sop_instance_uid for instance in answered}
+    # received when the killed run answered, not when the journal was replayed
+    assert {recorded[instance.sop_instance_uid].received_at.replace(tzinfo=timezone.utc)
+            for instance in answered} == {long_ago}
     assert list(restarted.journal_dir.iterdir()) == []
 
 
