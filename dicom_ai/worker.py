@@ -18,6 +18,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from dicom_ai.report.process import ReportProcess
 
 log = logging.getLogger(__name__)
+
+REPORT_PROCESS_TIMEOUT_SECONDS = 300.0  # a report process that takes longer is taken for hung: killed and replaced
 
 
 class PermanentJobError(Exception):
@@ -120,17 +123,24 @@ def report_and_send(job: StudyJob, sources: Sequence[Dataset], findings: StudyFi
     from dicom_ai.report import KINDS, REPORT_KINDS, VIEWER_KINDS, build_outputs
 
     now = dt.datetime.now(dt.timezone.utc)
-    reports = report_process.submit(sources, findings, now) if report_process is not None else None
+    reports = None
+    if report_process is not None:
+        try:
+            reports = report_process.submit(sources, findings, now)
+        except Exception:
+            log.exception("job %d: cannot hand the complete reports to the report process; building them here",
+                          job.job_id)
     _queue_outputs(job, sender, build_outputs(list(sources), findings, now=now,
                                               kinds=KINDS if reports is None else VIEWER_KINDS))
     if reports is None or report_process is None:
         return
     encoded: Sequence[Dataset | bytes]
     try:
-        encoded = reports.result()
-    except BrokenProcessPool:
-        log.warning("job %d: the report process ended unexpectedly; building the complete reports here",
-                    job.job_id)
+        encoded = reports.result(timeout=REPORT_PROCESS_TIMEOUT_SECONDS)
+    except (BrokenProcessPool, FuturesTimeout) as exc:
+        log.warning("job %d: the report process %s; building the complete reports here", job.job_id,
+                    "ended unexpectedly" if isinstance(exc, BrokenProcessPool) else
+                    f"did not answer within {REPORT_PROCESS_TIMEOUT_SECONDS:g} s (killed)")
         report_process.restart()
         encoded = build_outputs(list(sources), findings, now=now, kinds=REPORT_KINDS)
     _queue_outputs(job, sender, encoded)

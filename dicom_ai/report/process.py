@@ -65,10 +65,13 @@ class ReportProcess:
         return self._executor is not None
 
     def restart(self) -> None:
-        """Replace a helper that died; the new one starts up in the background."""
+        """Replace a helper that died or hangs (it is killed); the new one starts up in the background."""
         with self._lock:
             executor, self._executor = self._executor, None
         if executor is not None:
+            # concurrent.futures (before 3.14) has no public way to end a worker that does not return
+            for process in list(getattr(executor, "_processes", {}).values()):
+                process.kill()
             executor.shutdown(wait=False, cancel_futures=True)
         self._pool().submit(_ready)
 

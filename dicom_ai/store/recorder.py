@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+from sqlalchemy.exc import IntegrityError
+
 from dicom_ai.store.database import Database
 from dicom_ai.store.records import ReceivedInstance
 
@@ -150,7 +152,13 @@ class InstanceRecorder:
         missing = [(association_id, instance) for association_id, instance in latest.values()
                    if rows.get(instance.sop_instance_uid) != _copy(instance) and Path(instance.spool_path).is_file()]
         if missing:
-            self.database.record_instances(missing, event_kind=RECOVERED_EVENT)
+            try:
+                self.database.record_instances(missing, event_kind=RECOVERED_EVENT)
+            except IntegrityError:  # e.g. a database replaced since: its associations are not those of the journal
+                log.warning("the spool journal names associations this database does not have; recording its "
+                            "instances without them")
+                self.database.record_instances([(None, instance) for _association_id, instance in missing],
+                                               event_kind=RECOVERED_EVENT)
             log.warning("recorded %d instance(s) that an earlier run answered for but had not committed (spool "
                         "journal)", len(missing))
         for segment in segments:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -24,6 +25,7 @@ from dicom_ai.store.models import Event
 from dicom_ai.store.outbox_model import OutboxItem
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.records import ReceivedInstance
+from dicom_ai import worker
 from dicom_ai.worker import StudyJob, report_and_send
 from tests.report.conftest import NOW, ReportCase
 
@@ -133,6 +135,33 @@ def test_a_job_whose_helper_died_still_queues_every_object(report_cases: dict[st
         assert queued == {str(ds.SOPInstanceUID) for ds in case.outputs}
         # and the next job gets a new helper
         assert len(helper.submit(case.sources, case.findings, NOW).result(timeout=60)) == 1
+    finally:
+        helper.stop()
+        database.close()
+
+
+def test_a_report_process_that_does_not_answer_in_time_is_replaced(report_cases: dict[str, ReportCase],
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    case = report_cases["MR"]
+    settings = load_settings(None, {("storage", "data_dir"): str(tmp_path / "data"),
+                                    ("nodes", "MRI"): {"ae_title": "MRI", "host": "127.0.0.1", "port": 104}},
+                             environ={})
+    database = Database(settings.storage.resolved_database_url)
+    helper = ReportProcess()
+    monkeypatch.setattr(worker, "REPORT_PROCESS_TIMEOUT_SECONDS", 1.0)
+    try:
+        helper.start()
+        [slow] = helper._pool()._processes.values()  # noqa: SLF001
+        helper._pool().submit(time.sleep, 60)  # the job's reports wait behind this: the helper looks hung
+        report_and_send(_claimed_job(database, case), case.sources, case.findings, ResultSender(settings, database),
+                        helper)
+        slow.join(10)
+        assert not slow.is_alive()  # killed
+        with database.session() as session:
+            queued = {row.sop_instance_uid for row in session.scalars(select(OutboxItem))}
+        assert queued == {str(ds.SOPInstanceUID) for ds in case.outputs}
+        assert helper.running
     finally:
         helper.stop()
         database.close()

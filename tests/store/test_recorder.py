@@ -127,6 +127,19 @@ def test_replay_takes_the_latest_copy_of_a_replaced_instance(database: Database,
                                                                        second_association)
 
 
+def test_replay_into_a_database_without_the_journals_associations_keeps_the_instances(
+        database: Database, tmp_path: Path, instance_factory: Factory) -> None:
+    root = tmp_path / "spool"
+    instance = spooled(instance_factory(), root)
+    killed = InstanceRecorder(database, root)
+    killed.journal_dir.mkdir(parents=True)
+    killed.submit(4242, instance)  # an association of a database that was replaced since
+    killed._close_segment()
+
+    assert InstanceRecorder(database, root).replay_journal() == 1
+    assert rows(database)[instance.sop_instance_uid].association_id is None
+
+
 def test_refused_commits_are_retried_and_listener_records_synchronously_meanwhile(
         recorder: InstanceRecorder, database: Database, instance_factory: Factory,
         monkeypatch: pytest.MonkeyPatch) -> None:
