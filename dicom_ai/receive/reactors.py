@@ -154,7 +154,13 @@ class WaitingDUL(DULServiceProvider):
             except queue.Empty:
                 sleep = True
                 continue
+            state = self.state_machine.current_state
             self.state_machine.do_action(event)
+            if event == "Evt17" and state == "Sta2":
+                # The peer closed the connection without sending an A-ASSOCIATE-RQ (a port probe, a health check):
+                # the association waits for that request on this queue; None ends the wait now instead of after the
+                # ACSE timeout, which kept the connection's thread (and a stopping listener) waiting.
+                self.to_user_queue.put(None)
             sleep = False
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import select
+import socket
 import time
 from pathlib import Path
 
@@ -58,3 +59,22 @@ def test_associations_release_and_end_one_after_another(start_node: NodeFactory)
     while time.monotonic() < deadline and [row.outcome for row in node.associations()] != ["released"] * 11:
         time.sleep(0.02)
     assert [row.outcome for row in node.associations()] == ["released"] * 11
+
+
+def test_a_connection_closed_before_any_request_ends_at_once(start_node: NodeFactory) -> None:
+    """A port probe or load-balancer health check (TCP connect, close) must not hold a thread until the ACSE
+    timeout, nor make a stopping listener wait for it."""
+    node = start_node(node={"acse_timeout": 30})
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", node.port), timeout=2):
+            pass
+    server = node.listener._server
+    assert server is not None
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and server.live_connections():
+        time.sleep(0.02)
+    assert server.live_connections() == []
+    assert store_with_pynetdicom(node.port, [Path(get_testdata_file("CT_small.dcm"))]) == [0x0000]
+    started = time.monotonic()
+    node.listener.stop(timeout=10)
+    assert time.monotonic() - started < 2
