@@ -18,7 +18,9 @@ import datetime as dt
 import gc
 import logging
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -31,6 +33,7 @@ from dicom_ai.pipeline.findings import StudyFindings
 
 log = logging.getLogger(__name__)
 
+PARENT_CHECK_SECONDS = 1.0
 _PIXEL_TAGS = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData")}
 
 
@@ -102,9 +105,18 @@ def _without_pixels(dataset: Dataset) -> Dataset:
 def _initialise() -> None:
     from dicom_ai.report.outputs import warm_up
 
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     warm_up()
     gc.collect()
     gc.freeze()  # highdicom's tables: a full collection during a build would walk them all (as in the worker)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this helper once the node that spawned it is gone (e.g. kill -9): the executor's queues do not tell a
+    worker, which holds both ends of their pipes, so it would otherwise wait forever."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_SECONDS)
+    os._exit(0)
 
 
 def _ready() -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from io import BytesIO
@@ -174,3 +176,34 @@ def test_the_outbox_reads_what_it_needs_from_the_helpers_part10_bytes(report_pro
     header = part10_summary(data)
     assert header.SeriesDescription == "AI report (TID 1500, complete)"
     assert pydicom.dcmread(BytesIO(data)).SOPInstanceUID == header.SOPInstanceUID
+
+
+def test_the_helper_ends_when_the_node_is_killed() -> None:
+    """After kill -9 of the node, no helper may stay behind (a restarted node spawns its own)."""
+    node = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\n"
+        "from dicom_ai.report.process import ReportProcess\n"
+        "helper = ReportProcess()\n"
+        "helper.start()\n"
+        "print(*[p.pid for p in helper._pool()._processes.values()], flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert node.stdout is not None
+        helper_pid = int(node.stdout.readline())
+        node.kill()
+        node.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(helper_pid):
+            time.sleep(0.1)
+        assert not _alive(helper_pid)
+    finally:
+        node.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/stat")
+    return not (status.exists() and status.read_text().split(")")[-1].split()[0] == "Z")  # a zombie has ended
