@@ -98,16 +98,19 @@ class InstanceRecorder:
         return None if path is None else Path(path)
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every instance submitted so far is committed; False if that took longer than `timeout`."""
+        """Wait until every instance submitted so far is committed; False if that took longer than `timeout` or the
+        database is refusing them (they stay in the journal and are retried)."""
         with self._condition:
             target = self._submitted
             self._urgent = True
             self._condition.notify_all()
-            done = self._condition.wait_for(lambda: self._committed >= target or self._thread is None, timeout)
+            self._condition.wait_for(lambda: self._committed >= target or self._thread is None or self._failing,
+                                     timeout)
+            done = self._committed >= target
         if not done:
-            log.warning("instance rows still not committed after %g s (database busy or failing); they stay in the "
-                        "spool journal", timeout)
-        return bool(done)
+            log.warning("instance rows not committed yet (database busy or refusing them); they are retried from "
+                        "the spool journal")
+        return done
 
     # -- life cycle ----------------------------------------------------------------------------------------------
 
@@ -186,6 +189,7 @@ class InstanceRecorder:
                 failures += 1
                 with self._condition:
                     self._failing = True
+                    self._condition.notify_all()  # a waiting flush() returns: the rows wait in the journal
                     if self._condition.wait_for(lambda: self._stopping,
                                                 _RETRY_DELAYS[min(failures, len(_RETRY_DELAYS)) - 1]):
                         log.warning("%d instance row(s) left to the spool journal at stop", len(batch))
