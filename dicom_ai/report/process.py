@@ -64,25 +64,33 @@ class ReportProcess:
 
     @property
     def running(self) -> bool:
-        """Started and not stopped (a helper that died is replaced by `restart`, or by the next `submit`)."""
+        """Started and not stopped (a helper that died is replaced by `restart`, or by a `submit` that finds it
+        gone)."""
         return self._executor is not None
 
     def restart(self) -> None:
         """Replace a helper that died or hangs (it is killed); the new one starts up in the background."""
-        with self._lock:
-            executor, self._executor = self._executor, None
-        if executor is not None:
-            # concurrent.futures (before 3.14) has no public way to end a worker that does not return
-            for process in list(getattr(executor, "_processes", {}).values()):
-                process.kill()
-            executor.shutdown(wait=False, cancel_futures=True)
+        self._end(grace=0.0)
         self._pool().submit(_ready)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 10.0) -> None:
+        """Let a build in progress finish for up to `grace` seconds, then end the helper."""
+        self._end(grace)
+
+    def _end(self, grace: float) -> None:
         with self._lock:
             executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        if executor is None:
+            return
+        # concurrent.futures (before 3.14) has no public way to end a worker that does not return
+        processes = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + grace
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                process.kill()
+                process.join(5)
 
     def _pool(self) -> ProcessPoolExecutor:
         with self._lock:

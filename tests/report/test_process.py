@@ -207,3 +207,14 @@ def _alive(pid: int) -> bool:
         return False
     status = Path(f"/proc/{pid}/stat")
     return not (status.exists() and status.read_text().split(")")[-1].split()[0] == "Z")  # a zombie has ended
+
+
+def test_stop_ends_a_helper_that_does_not_return() -> None:
+    helper = ReportProcess()
+    helper.start()
+    [process] = helper._pool()._processes.values()  # noqa: SLF001
+    helper._pool().submit(time.sleep, 60)
+    started = time.monotonic()
+    helper.stop(grace=0.5)
+    assert time.monotonic() - started < 5
+    assert not process.is_alive() and not helper.running
