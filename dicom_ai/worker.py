@@ -200,7 +200,7 @@ class AnalyseStudy:
         if not self.settings.pipeline.warm_up:
             return
         started = time.monotonic()
-        outcome = self.registry.warm_up(self.routing.model_names())
+        outcome = self.registry.warm_up(self.routing.model_names(), self.settings.pipeline.batch_size)
         from dicom_ai.report import warm_up as warm_up_report
 
         warm_up_report()

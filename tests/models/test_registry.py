@@ -81,10 +81,14 @@ def test_a_model_loads_once_even_from_many_threads(installed) -> None:
 
 def test_warm_up_loads_and_runs_each_model_and_names_the_unusable_ones(installed) -> None:
     registry = ModelRegistry(installed[0], device="cpu")
-    assert registry.warm_up(["det", "lgg", "modality", "knee"]) == {
+    batches: list[int] = []
+    registry.load("lgg").module.register_forward_hook(lambda _module, inputs, _output: batches.append(
+        inputs[0].shape[0]))
+    assert registry.warm_up(["det", "lgg", "modality", "knee"], batch_size=3) == {
         "det": "ready", "lgg": "ready", "modality": "ready",
         "knee": f"invalid: not in {installed[0] / 'manifest.toml'}"}
     assert sorted(m.spec.name for m in registry.loaded()) == ["det", "lgg", "modality"]
+    assert batches == [3]  # the pipeline's batch shape is planned before the first study
 
 
 def test_warm_up_names_a_model_whose_forward_pass_fails_and_warms_the_others(tmp_path: Path) -> None:
