@@ -9,15 +9,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from dicom_ai.config import QueueSettings, load_settings
+from dicom_ai.config import QueueSettings, Settings, load_settings
 from dicom_ai.report import KINDS, REPORT_KINDS, VIEWER_KINDS, build_outputs
 from dicom_ai.report.process import ReportProcess
 from dicom_ai.send.outbox import part10_summary
@@ -113,8 +115,29 @@ def _claimed_job(database: Database, case: ReportCase) -> StudyJob:
     return StudyJob.from_claim(claim, database)
 
 
-def test_a_job_whose_helper_died_still_queues_every_object(report_cases: dict[str, ReportCase], tmp_path: Path) -> None:
-    case = report_cases["MR"]
+@dataclass
+class JobSite:
+    """A node's database and outbox (the study's sender, MRI, is a known node) and a started report process."""
+
+    settings: Settings
+    database: Database
+    helper: ReportProcess
+
+    def report_and_send(self, case: ReportCase) -> None:
+        report_and_send(_claimed_job(self.database, case), case.sources, case.findings,
+                        ResultSender(self.settings, self.database), self.helper)
+
+    def queued(self) -> set[str]:
+        with self.database.session() as session:
+            return {row.sop_instance_uid for row in session.scalars(select(OutboxItem))}
+
+    def helper_process(self) -> Any:
+        [process] = self.helper._pool()._processes.values()  # noqa: SLF001 (the tests play crashes and hangs)
+        return process
+
+
+@pytest.fixture()
+def job_site(tmp_path: Path) -> Iterator[JobSite]:
     settings = load_settings(None, {("storage", "data_dir"): str(tmp_path / "data"),
                                     ("nodes", "MRI"): {"ae_title": "MRI", "host": "127.0.0.1", "port": 104}},
                              environ={})
@@ -122,51 +145,41 @@ def test_a_job_whose_helper_died_still_queues_every_object(report_cases: dict[st
     helper = ReportProcess()
     try:
         helper.start()
-        [process] = helper._pool()._processes.values()  # noqa: SLF001 (the test plays the crash)
-        os.kill(process.pid, signal.SIGKILL)
-        process.join(10)
-        job = _claimed_job(database, case)
-        report_and_send(job, case.sources, case.findings, ResultSender(settings, database), helper)
-        with database.session() as session:
-            built = [json.loads(detail) for detail in session.scalars(
-                select(Event.detail).where(Event.kind == "report.built").order_by(Event.id))]
-            queued = {row.sop_instance_uid for row in session.scalars(select(OutboxItem))}
-        assert [[o["series_description"] for o in event["objects"]] for event in built] == [
-            ["AI segmentation", "AI boxes (SR)", "AI key image (burned-in overlay)"],
-            ["AI report (TID 1500, complete)"]]
-        assert queued == {str(ds.SOPInstanceUID) for ds in case.outputs}
-        # and the next job gets a new helper
-        assert len(helper.submit(case.sources, case.findings, NOW).result(timeout=60)) == 1
+        yield JobSite(settings, database, helper)
     finally:
         helper.stop()
         database.close()
+
+
+def test_a_job_whose_helper_died_still_queues_every_object(report_cases: dict[str, ReportCase],
+                                                           job_site: JobSite) -> None:
+    case = report_cases["MR"]
+    process = job_site.helper_process()
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(10)
+    job_site.report_and_send(case)
+    with job_site.database.session() as session:
+        built = [json.loads(detail) for detail in session.scalars(
+            select(Event.detail).where(Event.kind == "report.built").order_by(Event.id))]
+    assert [[o["series_description"] for o in event["objects"]] for event in built] == [
+        ["AI segmentation", "AI boxes (SR)", "AI key image (burned-in overlay)"], ["AI report (TID 1500, complete)"]]
+    assert job_site.queued() == {str(ds.SOPInstanceUID) for ds in case.outputs}
+    # and the next job gets a new helper
+    assert len(job_site.helper.submit(case.sources, case.findings, NOW).result(timeout=60)) == 1
 
 
 def test_a_report_process_that_does_not_answer_in_time_is_replaced(report_cases: dict[str, ReportCase],
-                                                                    tmp_path: Path,
+                                                                    job_site: JobSite,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     case = report_cases["MR"]
-    settings = load_settings(None, {("storage", "data_dir"): str(tmp_path / "data"),
-                                    ("nodes", "MRI"): {"ae_title": "MRI", "host": "127.0.0.1", "port": 104}},
-                             environ={})
-    database = Database(settings.storage.resolved_database_url)
-    helper = ReportProcess()
     monkeypatch.setattr(worker, "REPORT_PROCESS_TIMEOUT_SECONDS", 1.0)
-    try:
-        helper.start()
-        [slow] = helper._pool()._processes.values()  # noqa: SLF001
-        helper._pool().submit(time.sleep, 60)  # the job's reports wait behind this: the helper looks hung
-        report_and_send(_claimed_job(database, case), case.sources, case.findings, ResultSender(settings, database),
-                        helper)
-        slow.join(10)
-        assert not slow.is_alive()  # killed
-        with database.session() as session:
-            queued = {row.sop_instance_uid for row in session.scalars(select(OutboxItem))}
-        assert queued == {str(ds.SOPInstanceUID) for ds in case.outputs}
-        assert helper.running
-    finally:
-        helper.stop()
-        database.close()
+    slow = job_site.helper_process()
+    job_site.helper._pool().submit(time.sleep, 60)  # the job's reports wait behind this: the helper looks hung
+    job_site.report_and_send(case)
+    slow.join(10)
+    assert not slow.is_alive()  # killed
+    assert job_site.queued() == {str(ds.SOPInstanceUID) for ds in case.outputs}
+    assert job_site.helper.running
 
 
 def test_the_outbox_reads_what_it_needs_from_the_helpers_part10_bytes(report_process: ReportProcess,
