@@ -19,6 +19,7 @@ import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
+from dicom_ai import worker
 from dicom_ai.config import QueueSettings, Settings, load_settings
 from dicom_ai.report import KINDS, REPORT_KINDS, VIEWER_KINDS, build_outputs
 from dicom_ai.report.process import ReportProcess
@@ -29,7 +30,6 @@ from dicom_ai.store.models import Event
 from dicom_ai.store.outbox_model import OutboxItem
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.records import ReceivedInstance
-from dicom_ai import worker
 from dicom_ai.worker import StudyJob, report_and_send
 from tests.report.conftest import NOW, ReportCase
 
