@@ -131,6 +131,21 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         pacs.stop(graceful=False)
 
 
+def node_settled(node: ServedNode, study_uid: str) -> bool:
+    """The study's latest job is done and none of its results waits in the outbox (read from the node's database).
+
+    The viewer objects reach the PACS before the complete SR (dicom_ai.report.process), so finding some results
+    in Orthanc does not yet mean that all have been sent.
+    """
+    database = node.data_dir / "dicom-ai.sqlite"
+    with closing(sqlite3.connect(database, timeout=10)) as connection:
+        job = connection.execute("SELECT jobs.state FROM jobs JOIN studies ON jobs.study_id = studies.id "
+                                 "WHERE studies.study_uid = ? ORDER BY jobs.id DESC LIMIT 1", (study_uid,)).fetchone()
+        waiting = connection.execute("SELECT COUNT(*) FROM outbox WHERE study_uid = ? AND state IN "
+                                     "('pending', 'sending')", (study_uid,)).fetchone()[0]
+    return job is not None and job[0] == "done" and waiting == 0
+
+
 def failed_job_error(node: ServedNode, study_uid: str) -> str | None:
     """The error of the study's latest job when that job has failed for good (read from the node's database)."""
     database = node.data_dir / "dicom-ai.sqlite"
@@ -148,6 +163,8 @@ def wait_for_results(deployment: Deployment, name: str, expected: set[str]) -> l
         error = failed_job_error(deployment.node, study.study_uid)
         if error is not None:
             raise AssertionError(f"the node's job for the {name} study failed: {error[:3000]}")
+        if not node_settled(deployment.node, study.study_uid):
+            return []
         found = results_of(pacs, deployment.orthanc_ids[name], study)
         return found if found and expected <= classes(found) else []
 
