@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import sqlite3
@@ -31,10 +30,11 @@ from sqlalchemy import select
 from dicom_ai.store.database import Database
 from dicom_ai.store.models import Event, Job, NodeRun, Study
 from dicom_ai.store.records import JobState
+from tests.support.tools import dcmtk_tool
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk storescu is not installed"),
+    pytest.mark.skipif(dcmtk_tool("storescu") is None, reason="dcmtk storescu is not installed"),
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -173,7 +173,7 @@ class StoreSCU:
         self._uid_of = {str(p): pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
                         for p in folder.glob("*.dcm")}
         self.process = subprocess.Popen(
-            ["storescu", "-v", "-aet", "MODALITY", "-aec", "DICOM_AI", "+sd", "+r", "+sp", "*.dcm",
+            [str(dcmtk_tool("storescu")), "-v", "-aet", "MODALITY", "-aec", "DICOM_AI", "+sd", "+r", "+sp", "*.dcm",
              "127.0.0.1", str(port), str(folder)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "TCP_NODELAY": "1"})
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import ssl
 import subprocess
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from dicom_ai.receive import Listener
 from dicom_ai.store.database import Database
 from dicom_ai.store.models import Association, Event, Instance
 from dicom_ai.store.spool import Spool
+from tests.support.tools import dcmtk_tool
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # CI checks the shared data out next to the repository (../shared/data); DICOM_AI_SHARED_DATA overrides.
@@ -42,7 +42,7 @@ def shared_dicom(*parts: str) -> Path:
 
 
 def require_tool(name: str) -> str:
-    found = shutil.which(name)
+    found = dcmtk_tool(name)
     if found is None:
         pytest.skip(f"{name} is not installed (apt-get install dcmtk)")
     return found
