@@ -132,6 +132,10 @@ class QueueSettings(_Section):
     max_attempts: int = Field(3, ge=1)
     retry_delay_seconds: float = Field(10.0, ge=0, description="wait before a failed attempt is tried again")
     poll_seconds: float = Field(1.0, gt=0)
+    analyse_ahead_after_seconds: float = Field(
+        0.5, ge=0, description="an idle worker analyses a receiving study once it has been quiet this long, before it "
+                               "is stable; the job then uses those findings if the study's instances are still "
+                               "exactly the ones analysed (0 turns it off)")
     handler: str = Field(
         "", description="testing/extension hook: 'package.module:callable' run for each job instead of the pipeline"
     )

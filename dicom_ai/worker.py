@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydicom.dataset import Dataset
@@ -31,7 +32,7 @@ from dicom_ai.send.outbox import part10_summary
 from dicom_ai.send.sender import ResultSender
 from dicom_ai.store.database import Database
 from dicom_ai.store.queue import JobQueue, LeaseLost
-from dicom_ai.store.records import ClaimedJob, JobInstance
+from dicom_ai.store.records import ClaimedJob, JobInstance, ReceivingStudy
 
 if TYPE_CHECKING:
     from dicom_ai.models.registry import ModelRegistry
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ANALYSED_AHEAD_REMEMBERED = 1000  # studies whose analysis ahead the worker remembers (then it forgets them all)
 REPORT_PROCESS_TIMEOUT_SECONDS = 300.0  # a report process that takes longer is taken for hung: killed and replaced
 
 
@@ -83,6 +85,36 @@ class StudyJob:
 
 
 StudyHandler = Callable[[StudyJob], None]
+
+
+class AnalysisCancelled(Exception):
+    """An analysis ahead of a study gave way (to a due job, or the node stopping)."""
+
+
+SpoolFingerprint = tuple[tuple[str, str, int, int], ...]
+
+
+def spool_fingerprint(instances: Sequence[JobInstance]) -> SpoolFingerprint:
+    """What an analysis depends on: each instance's UID and spool file, with the file's size and modification time
+    (a duplicate that replaced the file changes them)."""
+    def stat(path: Path) -> tuple[int, int]:
+        try:
+            info = path.stat()
+        except OSError:
+            return -1, -1
+        return info.st_size, info.st_mtime_ns
+
+    return tuple((i.sop_instance_uid, str(i.spool_path), *stat(i.spool_path)) for i in instances)
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    """One study's sources read from the spool and the pipeline's findings on them."""
+
+    fingerprint: SpoolFingerprint
+    sources: list[Dataset]
+    unreadable: list[dict[str, str]]
+    findings: StudyFindings
 
 
 def load_handler(dotted_path: str) -> StudyHandler:
@@ -191,6 +223,9 @@ class AnalyseStudy:
         self.registry = ModelRegistry(settings.pipeline.models_dir, device=settings.pipeline.device)
         self.report_process = (ReportProcess() if settings.pipeline.report_process and (os.cpu_count() or 1) > 1
                                else None)
+        self._ahead: tuple[str, _Analysis] | None = None  # (study UID, findings) made by analyse_ahead
+        self._ahead_running: str | None = None
+        self._ahead_changed = threading.Condition()
 
     def warm_up(self) -> None:
         """Start-up work that would otherwise land on the first study: model loads and first forward passes, the
@@ -227,34 +262,81 @@ class AnalyseStudy:
                  "".join(f"; {name} unavailable ({state})" for name, state in unavailable.items()))
 
     def __call__(self, job: StudyJob) -> None:
-        import pydicom
-
-        from dicom_ai.pipeline import run_study
-
-        job.record("pipeline.started", {"instances": len(job.instances)})
-        sources: list[Dataset] = []
-        unreadable: list[dict[str, str]] = []
-        for instance in job.instances:
-            try:
-                sources.append(pydicom.dcmread(instance.spool_path))
-            except Exception as exc:  # a damaged spool file must not cost the rest of the study
-                unreadable.append({"sop_instance_uid": instance.sop_instance_uid,
-                                   "error": f"{type(exc).__name__}: {exc}"})
-        if unreadable:
-            job.record("pipeline.unreadable", {"instances": unreadable})
-        if job.instances and not sources:
+        analysis = self._take_analysis_ahead(job)
+        job.record("pipeline.started", {"instances": len(job.instances), "analysed_ahead": analysis is not None})
+        if analysis is None:
+            analysis = self._analyse(job.instances, keep_going=lambda: not job.stop_requested)
+        if analysis.unreadable:
+            job.record("pipeline.unreadable", {"instances": analysis.unreadable})
+        if job.instances and not analysis.sources:
             raise PermanentJobError(f"none of the study's {len(job.instances)} instance(s) could be read from the "
-                                    f"spool (first: {unreadable[0]['error']})")
-        if job.stop_requested:
-            raise RuntimeError("node stopping before the pipeline ran")
-        findings = run_study(sources, self.registry, self.routing, batch_size=self.settings.pipeline.batch_size)
+                                    f"spool (first: {analysis.unreadable[0]['error']})")
+        findings = analysis.findings
         for series in findings.series:
             job.record("pipeline.series", _series_summary(series))
         job.record("pipeline.findings", findings.to_dict())
         if job.stop_requested:
             raise RuntimeError("node stopping before the report was built")
         helper = self.report_process if self.report_process is not None and self.report_process.running else None
-        report_and_send(job, sources, findings, self.sender, helper)
+        report_and_send(job, analysis.sources, findings, self.sender, helper)
+
+    def _analyse(self, instances: Sequence[JobInstance], keep_going: Callable[[], bool]) -> _Analysis:
+        """Read the instances from the spool and run the pipeline; `keep_going` is asked before each series
+        (AnalysisCancelled when it says no)."""
+        import pydicom
+
+        from dicom_ai.pipeline import run_study
+
+        fingerprint = spool_fingerprint(instances)
+        sources: list[Dataset] = []
+        unreadable: list[dict[str, str]] = []
+        for instance in instances:
+            try:
+                sources.append(pydicom.dcmread(instance.spool_path))
+            except Exception as exc:  # a damaged spool file must not cost the rest of the study
+                unreadable.append({"sop_instance_uid": instance.sop_instance_uid,
+                                   "error": f"{type(exc).__name__}: {exc}"})
+
+        def progress(_message: str) -> None:
+            if not keep_going():
+                raise AnalysisCancelled("cancelled between series")
+
+        findings = run_study(sources, self.registry, self.routing, batch_size=self.settings.pipeline.batch_size,
+                             progress=progress)
+        return _Analysis(fingerprint, sources, unreadable, findings)
+
+    def analyse_ahead(self, study: ReceivingStudy, keep_going: Callable[[], bool]) -> None:
+        """Analyse a study that is still receiving but quiet (the worker calls this when it has no job). The
+        findings are kept in memory for the study's job, which uses them only if its instances are still exactly
+        those analysed here (same instances, same spool files); otherwise the job analyses the study itself. Nothing
+        is recorded or sent from here: results leave the node only through the job of the stable study."""
+        with self._ahead_changed:
+            self._ahead, self._ahead_running = None, study.study_uid
+        analysis = None
+        try:
+            analysis = self._analyse(study.instances, keep_going)
+            log.info("study %s analysed ahead (%d instances)", study.study_uid, len(study.instances))
+        except AnalysisCancelled:
+            log.info("analysis ahead of study %s gave way to a due job", study.study_uid)
+        except Exception:  # the job analyses the study again and records what goes wrong there
+            log.warning("analysis ahead of study %s failed; its job will analyse it", study.study_uid, exc_info=True)
+        finally:
+            with self._ahead_changed:
+                self._ahead = (study.study_uid, analysis) if analysis is not None else None
+                self._ahead_running = None
+                self._ahead_changed.notify_all()
+
+    def _take_analysis_ahead(self, job: StudyJob) -> _Analysis | None:
+        """The analysis made ahead for this job's study when it matches the job's instances (waiting for one that is
+        running on another worker thread); None otherwise."""
+        with self._ahead_changed:
+            while self._ahead_running == job.study_uid and not job.stop_requested:
+                self._ahead_changed.wait(0.5)
+            ahead, self._ahead = self._ahead, None
+        if ahead is None or ahead[0] != job.study_uid:
+            return None
+        analysis = ahead[1]
+        return analysis if analysis.fingerprint == spool_fingerprint(job.instances) else None
 
     def close(self) -> None:
         """Stop the report process (the worker calls this when it stops)."""
@@ -355,6 +437,7 @@ class Worker:
         self._held: dict[int, _Held] = {}
         self._held_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._analysed_ahead: dict[str, dt.datetime] = {}  # study UID -> last_received_at when analysed ahead
 
     # -- life cycle ----------------------------------------------------------------------------------------
 
@@ -366,8 +449,8 @@ class Worker:
         for index in range(self.threads):
             worker_id = f"{self.name}:w{index}"
             prepare = warm_up if index == 0 and callable(warm_up) else None
-            thread = threading.Thread(target=self._loop, args=(worker_id, prepare), name=f"worker-{index}",
-                                      daemon=True)
+            thread = threading.Thread(target=self._loop, args=(worker_id, prepare, index == 0),
+                                      name=f"worker-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
         if self.threads:
@@ -412,21 +495,61 @@ class Worker:
 
     # -- the loop ------------------------------------------------------------------------------------------------
 
-    def _loop(self, worker_id: str, prepare: Callable[[], None] | None = None) -> None:
+    def _loop(self, worker_id: str, prepare: Callable[[], None] | None = None, first: bool = False) -> None:
         if prepare is not None:
             try:
                 prepare()
             except Exception:  # a model that cannot load fails its studies visibly; warming up never stops the node
                 log.exception("worker %s: warm-up failed; jobs load what they need", worker_id)
+        # Only the first thread analyses ahead: it is the one whose torch threads the warm-up prepared.
+        analyse_ahead = getattr(self.handler, "analyse_ahead", None) if first else None
         while not self._stopping.is_set():
             self._wake.clear()  # before claiming: a job queued after this point sets it again
+            idle = self.queue.settings.poll_seconds
             try:
-                worked = self.run_once(worker_id)
+                worked = self.run_once(worker_id) or (callable(analyse_ahead) and
+                                                      self.analyse_ahead_once(analyse_ahead))
+                if not worked and callable(analyse_ahead):
+                    idle = self._until_next_analysis_ahead(idle)
             except Exception:  # a database hiccup must not kill the worker thread
                 log.exception("worker %s: error while taking a job; retrying", worker_id)
                 worked = False
             if not worked:
-                self._wake.wait(self.queue.settings.poll_seconds)
+                self._wake.wait(idle)
+
+    def _until_next_analysis_ahead(self, poll: float) -> float:
+        """`poll`, or less: until the next receiving study has been quiet long enough to analyse ahead; with none,
+        the quiet time itself, so that a study that arrives meanwhile is not noticed a whole poll interval late (a
+        read, and a claim that finds nothing, twice a second)."""
+        quiet_seconds = self.queue.settings.analyse_ahead_after_seconds
+        if not quiet_seconds:
+            return poll
+        due = self.queue.seconds_until_quiet(quiet_seconds, self._analysed_ahead)
+        return min(poll, quiet_seconds if due is None else due + 0.02)  # +0.02: quiet by the database's clock too
+
+    def analyse_ahead_once(self, analyse: Callable[[ReceivingStudy, Callable[[], bool]], None]) -> bool:
+        """With no job to run: hand the receiving study that will be stable soonest, once it has been quiet for
+        `queue.analyse_ahead_after_seconds`, to the handler's `analyse_ahead`, once per state of the study. It gives
+        way between series when another study's job is due or the node stops. False when there was nothing to do."""
+        quiet_seconds = self.queue.settings.analyse_ahead_after_seconds
+        if not quiet_seconds:
+            return False
+        study = self.queue.study_to_analyse_ahead(quiet_seconds, self._analysed_ahead)
+        if study is None:
+            return False
+        if len(self._analysed_ahead) >= ANALYSED_AHEAD_REMEMBERED:
+            self._analysed_ahead.clear()
+        self._analysed_ahead[study.study_uid] = study.last_received_at
+        if not study.instances:
+            return False
+
+        def keep_going() -> bool:
+            # The wake event is set when a job is queued; only then is it worth asking the database.
+            return not self._stopping.is_set() and not (
+                self._wake.is_set() and self.queue.due_job_for_another_study(study.study_uid))
+
+        analyse(study, keep_going)
+        return True
 
     def run_once(self, worker_id: str | None = None) -> bool:
         """Claim one due job and run the handler on it; False when there was none."""

@@ -18,9 +18,9 @@ from sqlalchemy import select
 from dicom_ai.config import ConfigError, QueueSettings, load_settings
 from dicom_ai.models.manifest import ModelSpec, upsert_model_spec
 from dicom_ai.store.database import Database
-from dicom_ai.store.models import Event, Job
+from dicom_ai.store.models import Event, Job, Study
 from dicom_ai.store.queue import JobQueue
-from dicom_ai.store.records import JobState, ReceivedInstance
+from dicom_ai.store.records import JobState, ReceivedInstance, ReceivingStudy
 from dicom_ai.worker import (StudyJob, Worker, build_study_handler, is_dead_local_worker, load_handler,
                             models_status)
 
@@ -282,3 +282,170 @@ def test_dead_local_worker_is_recognised_by_its_process() -> None:
     assert not is_dead_local_worker(f"{host}:{os.getppid()}:w0")  # alive
     assert not is_dead_local_worker(f"another-host:{finished.stdout.strip()}:w0")
     assert not is_dead_local_worker("custom-worker-name")
+
+
+class AheadHandler:
+    """A handler with a warm-up and an analysis ahead that records what it was given (the Worker's scheduling is
+    under test here; the real analysis ahead is tested with the pipeline handler below)."""
+
+    def __init__(self, give_way: threading.Event | None = None) -> None:
+        self.ahead: list[tuple[str, int, str, str]] = []  # (study, instances, study state, thread)
+        self.jobs: list[str] = []
+        self.give_way = give_way
+        self.gave_way = threading.Event()
+        self.database: Database | None = None
+
+    def warm_up(self) -> None:
+        pass
+
+    def analyse_ahead(self, study: ReceivingStudy, keep_going: Callable[[], bool]) -> None:
+        assert self.database is not None
+        with self.database.session() as session:
+            state = session.scalar(select(Study.state).where(Study.study_uid == study.study_uid))
+        self.ahead.append((study.study_uid, len(study.instances), str(state), threading.current_thread().name))
+        if self.give_way is not None:
+            self.give_way.set()
+            deadline = time.monotonic() + 10
+            while keep_going() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not keep_going():
+                self.gave_way.set()
+
+    def __call__(self, job: StudyJob) -> None:
+        self.jobs.append(job.study_uid)
+
+
+def record_study(database: Database, study: str = STUDY, count: int = 2, first: int = 1) -> None:
+    for n in range(first, first + count):
+        database.record_instance(None, ReceivedInstance(
+            study_uid=study, series_uid=f"{study}.1", sop_instance_uid=f"{study}.1.{n}",
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.4", transfer_syntax="1.2.840.10008.1.2.1", modality="MR",
+            patient_id="P", patient_name="", study_date="", series_number=1, instance_number=n,
+            series_description="", size_bytes=10, spool_path=f"/spool/{study}/{n}.dcm", calling_ae="MRI"))
+
+
+def test_an_idle_worker_analyses_a_quiet_study_ahead_once_per_state_of_the_study(database: Database) -> None:
+    queue = fast_queue(database, stable_after_seconds=30.0, analyse_ahead_after_seconds=0.1)
+    handler = AheadHandler()
+    handler.database = database
+    worker = Worker(queue, handler, threads=2)
+    worker.start()
+    try:
+        record_study(database)
+        wait_for(lambda: len(handler.ahead) == 1)
+        time.sleep(0.3)  # many idle rounds: the same state of the study is not analysed again
+        assert handler.ahead == [(STUDY, 2, "receiving", "worker-0")]
+        record_study(database, count=1, first=3)  # a late instance: a new state of the study
+        wait_for(lambda: len(handler.ahead) == 2)
+        assert handler.ahead[1][:3] == (STUDY, 3, "receiving")
+        queue.complete_study(STUDY)
+        worker.wake()
+        wait_for(lambda: handler.jobs == [STUDY])
+    finally:
+        worker.stop(timeout=5)
+    assert len(handler.ahead) == 2
+
+
+def test_analysis_ahead_gives_way_to_another_studys_due_job(database: Database) -> None:
+    queue = fast_queue(database, stable_after_seconds=30.0, analyse_ahead_after_seconds=0.05)
+    handler = AheadHandler(give_way=threading.Event())
+    handler.database = database
+    worker = Worker(queue, handler, threads=1)
+    worker.start()
+    try:
+        record_study(database, study="1.2.826.0.2.2")
+        assert handler.give_way is not None and handler.give_way.wait(5)
+        time.sleep(0.1)
+        assert not handler.gave_way.is_set()  # the wake-up alone (no due job of another study) changes nothing
+        worker.wake()
+        time.sleep(0.1)
+        assert not handler.gave_way.is_set()
+        record_study(database)
+        queue.complete_study(STUDY)
+        worker.wake()
+        assert handler.gave_way.wait(5)
+        wait_for(lambda: handler.jobs == [STUDY])
+    finally:
+        worker.stop(timeout=5)
+
+
+def test_analysis_ahead_is_off_at_zero_seconds(database: Database) -> None:
+    queue = fast_queue(database, stable_after_seconds=30.0, analyse_ahead_after_seconds=0)
+    handler = AheadHandler()
+    handler.database = database
+    record_study(database)
+    worker = Worker(queue, handler, threads=1)
+    worker.start()
+    time.sleep(0.3)
+    worker.stop(timeout=5)
+    assert handler.ahead == []
+
+
+def without_clocks(value: object) -> object:
+    """Findings as JSON without what differs between two runs on the same input (timestamps, timings)."""
+    if isinstance(value, dict):
+        return {k: without_clocks(v) for k, v in value.items() if k not in ("started_at", "finished_at", "timings")}
+    if isinstance(value, list):
+        return [without_clocks(v) for v in value]
+    return value
+
+
+def test_the_pipeline_handler_uses_its_analysis_ahead_only_while_the_instances_are_unchanged(
+        database: Database, tmp_path: Path) -> None:
+    import pydicom
+
+    from dicom_ai.worker import AnalyseStudy
+    from tests.e2e.studies import brain_mr_study
+
+    study = brain_mr_study(tmp_path / "mr", 20, 3)
+    for path in study.files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        database.record_instance(None, ReceivedInstance(
+            study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID, sop_instance_uid=ds.SOPInstanceUID,
+            sop_class_uid=ds.SOPClassUID, transfer_syntax=ds.file_meta.TransferSyntaxUID, modality=ds.Modality,
+            patient_id=ds.PatientID, patient_name=str(ds.PatientName), study_date="", series_number=1,
+            instance_number=int(ds.InstanceNumber), series_description="", size_bytes=path.stat().st_size,
+            spool_path=str(path), calling_ae="MRI"))
+    settings = load_settings(None, {("storage", "data_dir"): str(tmp_path / "data"),
+                                    ("pipeline", "report_process"): False}, environ={})
+    handler = build_study_handler(settings, database)
+    assert isinstance(handler, AnalyseStudy)
+    queue = JobQueue(database, settings.queue)
+    receiving = queue.study_to_analyse_ahead(0.0, {})
+    assert receiving is not None and receiving.study_uid == study.study_uid and len(receiving.instances) == 3
+    assert queue.study_to_analyse_ahead(0.0, {study.study_uid: receiving.last_received_at}) is None
+    assert queue.study_to_analyse_ahead(3600.0, {}) is None  # not quiet for an hour
+    queue.complete_study(study.study_uid)
+    claim = queue.claim("test")
+    assert claim is not None
+    job = StudyJob.from_claim(claim, database)
+
+    handler.analyse_ahead(receiving, keep_going=lambda: True)
+    handler(job)  # uses the analysis ahead
+    handler(job)  # nothing ahead: analyses itself
+    handler.analyse_ahead(receiving, keep_going=lambda: True)
+    os.utime(study.files[1], ns=(time.time_ns(), study.files[1].stat().st_mtime_ns + 10**9))  # the file replaced
+    handler(job)
+    handler.analyse_ahead(receiving, keep_going=lambda: False)  # gave way before its first series
+    handler(job)
+
+    assert [e["analysed_ahead"] for e in events(database, "pipeline.started")] == [True, False, False, False]
+    findings = [without_clocks(f) for f in events(database, "pipeline.findings")]
+    assert findings[0] == findings[1] == findings[2] == findings[3]
+    assert any(series["detections"] or series["segmentations"] for series in findings[0]["series"])  # type: ignore[index]
+
+
+def test_an_idle_worker_analyses_ahead_when_the_quiet_time_ends_not_at_its_next_poll(database: Database) -> None:
+    queue = fast_queue(database, poll_seconds=30.0, stable_after_seconds=30.0, analyse_ahead_after_seconds=0.3)
+    handler = AheadHandler()
+    handler.database = database
+    worker = Worker(queue, handler, threads=1)
+    worker.start()
+    try:
+        time.sleep(0.5)  # idle, nothing receiving
+        record_study(database)
+        received = time.monotonic()
+        wait_for(lambda: len(handler.ahead) == 1, timeout=5)
+        assert 0.25 < time.monotonic() - received < 1.5
+    finally:
+        worker.stop(timeout=5)

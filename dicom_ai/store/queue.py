@@ -12,7 +12,7 @@ handler returned.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 from dicom_ai.config import QueueSettings
 from dicom_ai.store.database import Database, add_event, set_study_state
 from dicom_ai.store.models import Instance, Job, Series, Study, utcnow
-from dicom_ai.store.records import ClaimedJob, CompletionResult, JobInstance, JobState, StudyState
+from dicom_ai.store.records import (ClaimedJob, CompletionResult, JobInstance, JobState, ReceivingStudy,
+                                    StudyState)
 from dicom_ai.store.stability import mark_quiet_studies_stable, mark_stable
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,36 @@ class JobQueue:
                   detail={"trigger": trigger, "instances": study.instance_count})
         set_study_state(session, study, StudyState.QUEUED, job_id=job.id)
         return job
+
+    def study_to_analyse_ahead(self, quiet_seconds: float,
+                               analysed: Mapping[str, datetime]) -> ReceivingStudy | None:
+        """The receiving study that will be stable soonest among those quiet for `quiet_seconds`, skipping studies
+        whose `last_received_at` is the one in `analysed` (already analysed ahead in that state); None when none.
+        Its `instances` are empty when it holds only our own outputs."""
+        quiet_since = self._clock() - timedelta(seconds=quiet_seconds)
+        with self.database.session() as session:
+            for study_id, study_uid, last_received_at in _receiving_studies(session, analysed):
+                if last_received_at > quiet_since:
+                    return None
+                return ReceivingStudy(study_uid, last_received_at, _analysable_instances(session, study_id))
+        return None
+
+    def seconds_until_quiet(self, quiet_seconds: float, analysed: Mapping[str, datetime]) -> float | None:
+        """How long until `study_to_analyse_ahead` has a study (0 when it has one now); None when no receiving
+        study is left to analyse ahead. An idle worker sleeps this long instead of a whole poll interval."""
+        with self.database.session() as session:
+            for _, _, last_received_at in _receiving_studies(session, analysed):
+                due = last_received_at + timedelta(seconds=quiet_seconds)
+                return max(0.0, (due - self._clock()).total_seconds())
+        return None
+
+    def due_job_for_another_study(self, study_uid: str) -> bool:
+        """Whether a queued job of some other study is due now (an analysis ahead of `study_uid` then gives way)."""
+        with self.database.session() as session:
+            return session.scalar(
+                select(Job.id).join(Study, Job.study_id == Study.id)
+                .where(Job.state == JobState.QUEUED, Study.study_uid != study_uid,
+                       or_(Job.not_before.is_(None), Job.not_before <= self._clock())).limit(1)) is not None
 
     # -- consuming jobs --------------------------------------------------------------------------------------
 
@@ -319,6 +350,14 @@ def next_due_job(now: datetime) -> Select[tuple[int]]:
             .where(Job.state == JobState.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now))
             .order_by(Job.id).limit(1)
             .with_for_update(skip_locked=True))
+
+
+def _receiving_studies(session: Session, analysed: Mapping[str, datetime]) -> list[tuple[int, str, datetime]]:
+    """(id, UID, last_received_at) of the receiving studies, quietest first, without those whose last_received_at
+    is the one in `analysed`."""
+    rows = session.execute(select(Study.id, Study.study_uid, Study.last_received_at)
+                           .where(Study.state == StudyState.RECEIVING).order_by(Study.last_received_at))
+    return [(study_id, uid, last) for study_id, uid, last in rows if analysed.get(uid) != last]
 
 
 def _analysable_instances(session: Session, study_id: int) -> tuple[JobInstance, ...]:

@@ -108,6 +108,15 @@ class JobInstance:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceivingStudy:
+    """A study still receiving (not yet stable) that has been quiet for a while: a worker may analyse it ahead."""
+
+    study_uid: str
+    last_received_at: datetime
+    instances: tuple[JobInstance, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedJob:
     """A job this worker holds the lease of, with everything the handler needs about its study."""
 
