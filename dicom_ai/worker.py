@@ -91,18 +91,18 @@ class AnalysisCancelled(Exception):
     """An analysis ahead of a study gave way (to a due job, or the node stopping)."""
 
 
-SpoolFingerprint = tuple[tuple[str, str, int, int], ...]
+SpoolFingerprint = tuple[tuple[str, str, int, int, int], ...]
 
 
 def spool_fingerprint(instances: Sequence[JobInstance]) -> SpoolFingerprint:
-    """What an analysis depends on: each instance's UID and spool file, with the file's size and modification time
-    (a duplicate that replaced the file changes them)."""
-    def stat(path: Path) -> tuple[int, int]:
+    """What an analysis depends on: each instance's UID and spool file, with the file's inode, size and modification
+    time (a duplicate that replaced the file changes them)."""
+    def stat(path: Path) -> tuple[int, int, int]:
         try:
             info = path.stat()
         except OSError:
-            return -1, -1
-        return info.st_size, info.st_mtime_ns
+            return -1, -1, -1
+        return info.st_ino, info.st_size, info.st_mtime_ns
 
     return tuple((i.sop_instance_uid, str(i.spool_path), *stat(i.spool_path)) for i in instances)
 
@@ -332,10 +332,9 @@ class AnalyseStudy:
         with self._ahead_changed:
             while self._ahead_running == job.study_uid and not job.stop_requested:
                 self._ahead_changed.wait(0.5)
-            ahead, self._ahead = self._ahead, None
-        if ahead is None or ahead[0] != job.study_uid:
-            return None
-        analysis = ahead[1]
+            if self._ahead is None or self._ahead[0] != job.study_uid:
+                return None  # another study's analysis ahead stays for that study's job
+            analysis, self._ahead = self._ahead[1], None
         return analysis if analysis.fingerprint == spool_fingerprint(job.instances) else None
 
     def close(self) -> None:

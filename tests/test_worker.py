@@ -421,6 +421,8 @@ def test_the_pipeline_handler_uses_its_analysis_ahead_only_while_the_instances_a
     job = StudyJob.from_claim(claim, database)
 
     handler.analyse_ahead(receiving, keep_going=lambda: True)
+    handler(StudyJob(job_id=claim.job_id, study_uid=STUDY, attempt=1, max_attempts=1, calling_ae="MRI",
+                     instances=(), _database=database))  # another study's job leaves the analysis ahead alone
     handler(job)  # uses the analysis ahead
     handler(job)  # nothing ahead: analyses itself
     handler.analyse_ahead(receiving, keep_going=lambda: True)
@@ -429,8 +431,8 @@ def test_the_pipeline_handler_uses_its_analysis_ahead_only_while_the_instances_a
     handler.analyse_ahead(receiving, keep_going=lambda: False)  # gave way before its first series
     handler(job)
 
-    assert [e["analysed_ahead"] for e in events(database, "pipeline.started")] == [True, False, False, False]
-    findings = [without_clocks(f) for f in events(database, "pipeline.findings")]
+    assert [e["analysed_ahead"] for e in events(database, "pipeline.started")] == [False, True, False, False, False]
+    findings = [without_clocks(f) for f in events(database, "pipeline.findings")][1:]
     assert findings[0] == findings[1] == findings[2] == findings[3]
     assert any(series["detections"] or series["segmentations"] for series in findings[0]["series"])  # type: ignore[index]
 
