@@ -8,6 +8,7 @@ returned.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import gc
 import importlib
@@ -17,7 +18,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -87,6 +88,14 @@ class StudyJob:
 StudyHandler = Callable[[StudyJob], None]
 
 
+@dataclass(frozen=True)
+class AheadControl:
+    """What an analysis ahead asks the worker while it runs."""
+
+    keep_going: Callable[[], bool]  # False: give way (another study's job is due, or the node stops)
+    study_due: Callable[[], bool]  # True: the study's own job is due; it builds the reports itself, viewer's first
+
+
 class AnalysisCancelled(Exception):
     """An analysis ahead of a study gave way (to a due job, or the node stopping)."""
 
@@ -109,12 +118,14 @@ def spool_fingerprint(instances: Sequence[JobInstance]) -> SpoolFingerprint:
 
 @dataclass(frozen=True)
 class _Analysis:
-    """One study's sources read from the spool and the pipeline's findings on them."""
+    """One study's sources read from the spool, the pipeline's findings on them and, when analysed ahead, its
+    DICOM objects."""
 
     fingerprint: SpoolFingerprint
     sources: list[Dataset]
     unreadable: list[dict[str, str]]
     findings: StudyFindings
+    reports: tuple[Sequence[Dataset | bytes], ...] | None = None  # built ahead: build_reports' parts, in order
 
 
 def load_handler(dotted_path: str) -> StudyHandler:
@@ -151,6 +162,16 @@ def report_and_send(job: StudyJob, sources: Sequence[Dataset], findings: StudyFi
     (`send.queued` per object and destination, or a dead letter with the reason when the sender is not in [nodes]);
     delivery itself is the dispatcher's (`send.stored`).
     """
+    for outputs in build_reports(sources, findings, report_process):
+        _queue_outputs(job, sender, outputs)
+
+
+def build_reports(sources: Sequence[Dataset], findings: StudyFindings,
+                  report_process: ReportProcess | None = None) -> Iterator[Sequence[Dataset | bytes]]:
+    """The study's DICOM objects (report stage): all at once, or with a `report_process`, first what the viewer
+    shows (built here while the helper builds the complete SRs), then the complete SRs as Part 10 bytes. A helper
+    that fails, or does not answer within REPORT_PROCESS_TIMEOUT_SECONDS, is replaced and the complete SRs are
+    built here."""
     # Imported when a job runs, not with this module: highdicom adds ~0.7 s to every `dicom-ai` command.
     from dicom_ai.report import KINDS, REPORT_KINDS, VIEWER_KINDS, build_outputs
 
@@ -160,22 +181,20 @@ def report_and_send(job: StudyJob, sources: Sequence[Dataset], findings: StudyFi
         try:
             reports = report_process.submit(sources, findings, now)
         except Exception:
-            log.exception("job %d: cannot hand the complete reports to the report process; building them here",
-                          job.job_id)
-    _queue_outputs(job, sender, build_outputs(list(sources), findings, now=now,
-                                              kinds=KINDS if reports is None else VIEWER_KINDS))
+            log.exception("cannot hand the complete reports of study %s to the report process; building them here",
+                          findings.study_instance_uid)
+    yield build_outputs(list(sources), findings, now=now, kinds=KINDS if reports is None else VIEWER_KINDS)
     if reports is None or report_process is None:
         return
-    encoded: Sequence[Dataset | bytes]
     try:
-        encoded = reports.result(timeout=REPORT_PROCESS_TIMEOUT_SECONDS)
+        yield reports.result(timeout=REPORT_PROCESS_TIMEOUT_SECONDS)
     except (BrokenProcessPool, FuturesTimeout) as exc:
-        log.warning("job %d: the report process %s; building the complete reports here", job.job_id,
+        log.warning("the report process %s; building the complete reports of study %s here",
                     "ended unexpectedly" if isinstance(exc, BrokenProcessPool) else
-                    f"did not answer within {REPORT_PROCESS_TIMEOUT_SECONDS:g} s (killed)")
+                    f"did not answer within {REPORT_PROCESS_TIMEOUT_SECONDS:g} s (killed)",
+                    findings.study_instance_uid)
         report_process.restart()
-        encoded = build_outputs(list(sources), findings, now=now, kinds=REPORT_KINDS)
-    _queue_outputs(job, sender, encoded)
+        yield build_outputs(list(sources), findings, now=now, kinds=REPORT_KINDS)
 
 
 def _queue_outputs(job: StudyJob, sender: ResultSender, outputs: Sequence[Dataset | bytes]) -> None:
@@ -263,7 +282,8 @@ class AnalyseStudy:
 
     def __call__(self, job: StudyJob) -> None:
         analysis = self._take_analysis_ahead(job)
-        job.record("pipeline.started", {"instances": len(job.instances), "analysed_ahead": analysis is not None})
+        job.record("pipeline.started", {"instances": len(job.instances), "analysed_ahead": analysis is not None,
+                                        "reports_built_ahead": analysis is not None and analysis.reports is not None})
         if analysis is None:
             analysis = self._analyse(job.instances, keep_going=lambda: not job.stop_requested)
         if analysis.unreadable:
@@ -277,8 +297,14 @@ class AnalyseStudy:
         job.record("pipeline.findings", findings.to_dict())
         if job.stop_requested:
             raise RuntimeError("node stopping before the report was built")
-        helper = self.report_process if self.report_process is not None and self.report_process.running else None
-        report_and_send(job, analysis.sources, findings, self.sender, helper)
+        if analysis.reports is None:
+            report_and_send(job, analysis.sources, findings, self.sender, self._running_report_process())
+            return
+        for outputs in analysis.reports:
+            _queue_outputs(job, self.sender, outputs)
+
+    def _running_report_process(self) -> ReportProcess | None:
+        return self.report_process if self.report_process is not None and self.report_process.running else None
 
     def _analyse(self, instances: Sequence[JobInstance], keep_going: Callable[[], bool]) -> _Analysis:
         """Read the instances from the spool and run the pipeline; `keep_going` is asked before each series
@@ -305,21 +331,28 @@ class AnalyseStudy:
                              progress=progress)
         return _Analysis(fingerprint, sources, unreadable, findings)
 
-    def analyse_ahead(self, study: ReceivingStudy, keep_going: Callable[[], bool]) -> None:
-        """Analyse a study that is still receiving but quiet (the worker calls this when it has no job). The
-        findings are kept in memory for the study's job, which uses them only if its instances are still exactly
-        those analysed here (same instances, same spool files); otherwise the job analyses the study itself. Nothing
-        is recorded or sent from here: results leave the node only through the job of the stable study."""
+    def analyse_ahead(self, study: ReceivingStudy, control: AheadControl) -> None:
+        """Analyse a study that is still receiving but quiet (the worker calls this when it has no job), and build
+        its DICOM objects unless a job is due by then (another study's, or this study's own: its job then sends what
+        the viewer shows while the complete SRs are built). Both are kept in memory for the study's job,
+        which uses them only if its instances are still exactly those analysed here (same instances, same spool
+        files); otherwise the job analyses the study itself. Nothing is recorded or sent from here: results leave
+        the node only through the job of the stable study."""
         with self._ahead_changed:
             self._ahead, self._ahead_running = None, study.study_uid
         analysis = None
         try:
-            analysis = self._analyse(study.instances, keep_going)
-            log.info("study %s analysed ahead (%d instances)", study.study_uid, len(study.instances))
+            analysis = self._analyse(study.instances, control.keep_going)
+            if control.keep_going() and not control.study_due():
+                reports = tuple(build_reports(analysis.sources, analysis.findings, self._running_report_process()))
+                analysis = dataclasses.replace(analysis, reports=reports)
+            log.info("study %s analysed ahead (%d instances%s)", study.study_uid, len(study.instances),
+                     ", reports built" if analysis.reports is not None else "")
         except AnalysisCancelled:
             log.info("analysis ahead of study %s gave way to a due job", study.study_uid)
         except Exception:  # the job analyses the study again and records what goes wrong there
-            log.warning("analysis ahead of study %s failed; its job will analyse it", study.study_uid, exc_info=True)
+            log.warning("analysis ahead of study %s failed; its job will redo what failed", study.study_uid,
+                        exc_info=True)
         finally:
             with self._ahead_changed:
                 self._ahead = (study.study_uid, analysis) if analysis is not None else None
@@ -526,7 +559,7 @@ class Worker:
         due = self.queue.seconds_until_quiet(quiet_seconds, self._analysed_ahead)
         return min(poll, quiet_seconds if due is None else due + 0.02)  # +0.02: quiet by the database's clock too
 
-    def analyse_ahead_once(self, analyse: Callable[[ReceivingStudy, Callable[[], bool]], None]) -> bool:
+    def analyse_ahead_once(self, analyse: Callable[[ReceivingStudy, AheadControl], None]) -> bool:
         """With no job to run: hand the receiving study that will be stable soonest, once it has been quiet for
         `queue.analyse_ahead_after_seconds`, to the handler's `analyse_ahead`, once per state of the study. It gives
         way between series when another study's job is due or the node stops. False when there was nothing to do."""
@@ -542,12 +575,12 @@ class Worker:
         if not study.instances:
             return False
 
-        def keep_going() -> bool:
+        def due() -> set[str]:
             # The wake event is set when a job is queued; only then is it worth asking the database.
-            return not self._stopping.is_set() and not (
-                self._wake.is_set() and self.queue.due_job_for_another_study(study.study_uid))
+            return self.queue.studies_with_due_jobs() if self._wake.is_set() else set()
 
-        analyse(study, keep_going)
+        analyse(study, AheadControl(keep_going=lambda: not self._stopping.is_set() and not due() - {study.study_uid},
+                                    study_due=lambda: study.study_uid in due()))
         return True
 
     def run_once(self, worker_id: str | None = None) -> bool:

@@ -21,10 +21,11 @@ from dicom_ai.store.database import Database
 from dicom_ai.store.models import Event, Job, Study
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.records import JobState, ReceivedInstance, ReceivingStudy
-from dicom_ai.worker import (StudyJob, Worker, build_study_handler, is_dead_local_worker, load_handler,
+from dicom_ai.worker import (AheadControl, StudyJob, Worker, build_study_handler, is_dead_local_worker, load_handler,
                             models_status)
 
 STUDY = "1.2.826.0.2.1"
+OTHER_STUDY = "1.2.826.0.2.2"
 
 
 @pytest.fixture()
@@ -293,12 +294,13 @@ class AheadHandler:
         self.jobs: list[str] = []
         self.give_way = give_way
         self.gave_way = threading.Event()
+        self.own_job_due = threading.Event()
         self.database: Database | None = None
 
     def warm_up(self) -> None:
         pass
 
-    def analyse_ahead(self, study: ReceivingStudy, keep_going: Callable[[], bool]) -> None:
+    def analyse_ahead(self, study: ReceivingStudy, control: AheadControl) -> None:
         assert self.database is not None
         with self.database.session() as session:
             state = session.scalar(select(Study.state).where(Study.study_uid == study.study_uid))
@@ -306,9 +308,11 @@ class AheadHandler:
         if self.give_way is not None:
             self.give_way.set()
             deadline = time.monotonic() + 10
-            while keep_going() and time.monotonic() < deadline:
+            while control.keep_going() and time.monotonic() < deadline:
+                if control.study_due():
+                    self.own_job_due.set()
                 time.sleep(0.01)
-            if not keep_going():
+            if not control.keep_going():
                 self.gave_way.set()
 
     def __call__(self, job: StudyJob) -> None:
@@ -353,18 +357,22 @@ def test_analysis_ahead_gives_way_to_another_studys_due_job(database: Database) 
     worker = Worker(queue, handler, threads=1)
     worker.start()
     try:
-        record_study(database, study="1.2.826.0.2.2")
+        record_study(database, study=OTHER_STUDY)
         assert handler.give_way is not None and handler.give_way.wait(5)
         time.sleep(0.1)
-        assert not handler.gave_way.is_set()  # the wake-up alone (no due job of another study) changes nothing
-        worker.wake()
+        assert not handler.gave_way.is_set()
+        worker.wake()  # a wake-up alone (no job due) changes nothing
         time.sleep(0.1)
+        assert not handler.gave_way.is_set() and not handler.own_job_due.is_set()
+        queue.complete_study(OTHER_STUDY)
+        worker.wake()
+        assert handler.own_job_due.wait(5)  # its own job: it goes on (and leaves the reports to the job)
         assert not handler.gave_way.is_set()
         record_study(database)
         queue.complete_study(STUDY)
         worker.wake()
         assert handler.gave_way.wait(5)
-        wait_for(lambda: handler.jobs == [STUDY])
+        wait_for(lambda: sorted(handler.jobs) == sorted([STUDY, OTHER_STUDY]))
     finally:
         worker.stop(timeout=5)
 
@@ -420,21 +428,32 @@ def test_the_pipeline_handler_uses_its_analysis_ahead_only_while_the_instances_a
     assert claim is not None
     job = StudyJob.from_claim(claim, database)
 
-    handler.analyse_ahead(receiving, keep_going=lambda: True)
+    go_on = AheadControl(keep_going=lambda: True, study_due=lambda: False)
+    handler.analyse_ahead(receiving, go_on)
     handler(StudyJob(job_id=claim.job_id, study_uid=STUDY, attempt=1, max_attempts=1, calling_ae="MRI",
                      instances=(), _database=database))  # another study's job leaves the analysis ahead alone
     handler(job)  # uses the analysis ahead
     handler(job)  # nothing ahead: analyses itself
-    handler.analyse_ahead(receiving, keep_going=lambda: True)
+    handler.analyse_ahead(receiving, go_on)
     os.utime(study.files[1], ns=(time.time_ns(), study.files[1].stat().st_mtime_ns + 10**9))  # the file replaced
     handler(job)
-    handler.analyse_ahead(receiving, keep_going=lambda: False)  # gave way before its first series
+    handler.analyse_ahead(receiving, AheadControl(keep_going=lambda: False, study_due=lambda: False))  # gave way
+    handler(job)
+    answers = iter([True])  # yes before the series, then no: a job of another study became due
+    handler.analyse_ahead(receiving, AheadControl(keep_going=lambda: next(answers, False), study_due=lambda: False))
+    handler(job)
+    handler.analyse_ahead(receiving, AheadControl(keep_going=lambda: True, study_due=lambda: True))  # own job due
     handler(job)
 
-    assert [e["analysed_ahead"] for e in events(database, "pipeline.started")] == [False, True, False, False, False]
+    started = [(e["analysed_ahead"], e["reports_built_ahead"]) for e in events(database, "pipeline.started")]
+    assert started == [(False, False), (True, True), (False, False), (False, False), (False, False), (True, False),
+                       (True, False)]
     findings = [without_clocks(f) for f in events(database, "pipeline.findings")][1:]
-    assert findings[0] == findings[1] == findings[2] == findings[3]
-    assert any(series["detections"] or series["segmentations"] for series in findings[0]["series"])  # type: ignore[index]
+    assert len(findings) == 6 and all(f == findings[0] for f in findings)
+    reports = [e["objects"] for e in events(database, "report.built")][1:]
+    assert len(reports) == 6 and reports[0] and all(r == reports[0] for r in reports)  # ahead = by the job
+    series_found = findings[0]["series"]  # type: ignore[index]
+    assert any(series["detections"] or series["segmentations"] for series in series_found)
 
 
 def test_an_idle_worker_analyses_ahead_when_the_quiet_time_ends_not_at_its_next_poll(database: Database) -> None:

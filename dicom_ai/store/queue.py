@@ -141,13 +141,12 @@ class JobQueue:
                 return max(0.0, (due - self._clock()).total_seconds())
         return None
 
-    def due_job_for_another_study(self, study_uid: str) -> bool:
-        """Whether a queued job of some other study is due now (an analysis ahead of `study_uid` then gives way)."""
+    def studies_with_due_jobs(self) -> set[str]:
+        """UIDs of the studies whose queued job is due now (an analysis ahead checks whether to give way)."""
         with self.database.session() as session:
-            return session.scalar(
-                select(Job.id).join(Study, Job.study_id == Study.id)
-                .where(Job.state == JobState.QUEUED, Study.study_uid != study_uid,
-                       or_(Job.not_before.is_(None), Job.not_before <= self._clock())).limit(1)) is not None
+            return set(session.scalars(
+                select(Study.study_uid).join(Job, Job.study_id == Study.id)
+                .where(Job.state == JobState.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= self._clock()))))
 
     # -- consuming jobs --------------------------------------------------------------------------------------
 
