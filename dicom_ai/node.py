@@ -13,6 +13,7 @@ import logging
 import threading
 
 from dicom_ai.config import ConfigError, Settings, check_writable_dir
+from dicom_ai.job import StudyHandler, build_study_handler, models_status
 from dicom_ai.receive import Listener
 from dicom_ai.send.sender import ResultSender
 from dicom_ai.store.database import Database, DatabaseError, open_database
@@ -20,7 +21,7 @@ from dicom_ai.store.node_runs import heartbeat_node_run, start_node_run, stop_no
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.spool import Spool
 from dicom_ai.store.stability import StabilityMonitor
-from dicom_ai.worker import StudyHandler, Worker, build_study_handler, is_dead_local_worker, models_status
+from dicom_ai.worker import Worker, is_dead_local_worker
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from dicom_ai.cli.app import ConfigOption, DataDirOption, JsonOption, app, settings_or_exit
 from dicom_ai.cli.outbox_view import outbox_overview, outbox_overview_json, print_outbox_overview, retry_dead_letters
 from dicom_ai.config import Settings
+from dicom_ai.job import models_status
 from dicom_ai.store.database import Database, DatabaseError, open_database
 from dicom_ai.store.overview import (
     EventRecord,
@@ -29,7 +30,6 @@ from dicom_ai.store.overview import (
     to_jsonable,
 )
 from dicom_ai.store.queue import JobQueue, QueueRequestRefused
-from dicom_ai.worker import models_status
 
 study_app = typer.Typer(help="Act on one study.", no_args_is_help=True)
 app.add_typer(study_app, name="study")

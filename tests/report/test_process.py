@@ -19,7 +19,7 @@ import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from dicom_ai import worker
+from dicom_ai import job
 from dicom_ai.config import QueueSettings, Settings, load_settings
 from dicom_ai.report import KINDS, REPORT_KINDS, VIEWER_KINDS, build_outputs
 from dicom_ai.report.process import ReportProcess
@@ -30,7 +30,7 @@ from dicom_ai.store.models import Event
 from dicom_ai.store.outbox_model import OutboxItem
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.records import ReceivedInstance
-from dicom_ai.worker import StudyJob, report_and_send
+from dicom_ai.job import StudyJob, report_and_send
 from tests.report.conftest import NOW, ReportCase
 
 
@@ -172,7 +172,7 @@ def test_a_report_process_that_does_not_answer_in_time_is_replaced(report_cases:
                                                                     job_site: JobSite,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     case = report_cases["MR"]
-    monkeypatch.setattr(worker, "REPORT_PROCESS_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(job, "REPORT_PROCESS_TIMEOUT_SECONDS", 1.0)
     slow = job_site.helper_process()
     job_site.helper._pool().submit(time.sleep, 60)  # the job's reports wait behind this: the helper looks hung
     job_site.report_and_send(case)

@@ -18,7 +18,7 @@ from dicom_ai.config import Settings
 from dicom_ai.node import Node
 from dicom_ai.report.identity import MANUFACTURER, derived_uid
 from dicom_ai.store.overview import study_trail
-from dicom_ai.worker import StudyJob
+from dicom_ai.job import StudyJob
 from tests.e2e.studies import ct_study
 from tests.send.objects import result_dataset
 from tests.support.orthanc import OrthancNode, free_port

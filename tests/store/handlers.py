@@ -10,7 +10,7 @@ import time
 
 import pydicom
 
-from dicom_ai.worker import StudyJob
+from dicom_ai.job import StudyJob
 
 
 def read_all(job: StudyJob) -> int:

@@ -1,0 +1,140 @@
+"""The node's job handler (dicom_ai.job): the pipeline handler's warm-up, its failures, the models' status, the
+`queue.handler` hook, and the analysis ahead with the real pipeline on a brain MR study."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from dicom_ai.config import ConfigError, load_settings
+from dicom_ai.job import AheadControl, AnalyseStudy, StudyJob, build_study_handler, load_handler, models_status
+from dicom_ai.models.manifest import ModelSpec, upsert_model_spec
+from dicom_ai.store.database import Database
+from dicom_ai.store.queue import JobQueue
+from dicom_ai.store.records import JobState, ReceivedInstance
+from dicom_ai.worker import Worker
+from tests.support.queueing import STUDY, database, events, fast_queue, job_state, queued_study
+
+__all__ = ["database"]  # the fixture
+
+
+def test_default_handler_fails_visibly_when_the_study_cannot_be_read(database: Database, tmp_path: Path) -> None:
+    """The served node's own handler (the pipeline) never marks a job done without having analysed it."""
+    settings = load_settings(None, environ={})
+    queue = fast_queue(database)
+    job_id = queued_study(database, queue)  # its instances' spool files do not exist
+    assert Worker(queue, build_study_handler(settings, database), threads=0).run_once()
+    state, attempts, error = job_state(database, job_id)
+    assert (state, attempts) == (JobState.FAILED, 1)
+    assert "could be read from the spool" in error
+
+
+def test_the_pipeline_handler_warms_up_its_routed_models_and_audits_them(database: Database, tmp_path: Path) -> None:
+    settings = load_settings(None, environ={})
+    handler = build_study_handler(settings, database)
+    assert isinstance(handler, AnalyseStudy)
+    try:
+        handler.warm_up()
+        assert handler.report_process is not None and handler.report_process.running
+    finally:
+        handler.close()
+    assert not handler.report_process.running
+    [ready] = events(database, "models.ready")
+    shipped = {row["name"] for row in models_status(settings)["models"] if row["state"] == "available"}
+    routed = handler.routing.model_names()
+    assert {m["name"] for m in ready["models"]} == shipped & routed
+    assert all(len(str(m["sha256"])) == 64 and m["version"] for m in ready["models"])
+    assert set(ready["unavailable"]) == routed - shipped  # e.g. the brain/knee node, shipped without weights
+    off = build_study_handler(load_settings(None, environ={"DICOM_AI_PIPELINE__WARM_UP": "false"}), database)
+    off.warm_up()  # type: ignore[attr-defined]
+    assert len(events(database, "models.ready")) == 1
+
+
+def test_models_status_lists_every_manifest_entry_with_its_state(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    upsert_model_spec(models_dir, ModelSpec("modality", "classify", "resnet18", ("CT", "MR"), 64, 1, 0.5, 0.25,
+                                            "modality/weights.safetensors", "0" * 64, "1"))
+    status = models_status(load_settings(None, environ={"DICOM_AI_PIPELINE__MODELS_DIR": str(models_dir)}))
+    assert status["available"] is False
+    assert [(row["name"], row["state"]) for row in status["models"]] == [("modality", "missing-weights")]
+    assert "modality (missing-weights)" in status["detail"]
+    disabled = models_status(load_settings(None, environ={"DICOM_AI_PIPELINE__ENABLED": "false"}))
+    assert disabled["available"] is False and "pipeline.enabled" in disabled["detail"]
+
+
+def test_handler_hook_loads_a_dotted_path_and_names_the_key_on_error() -> None:
+    handler = load_handler("tests.store.handlers:always_fails")
+    assert callable(handler)
+    with pytest.raises(ConfigError, match="queue.handler"):
+        load_handler("tests.store.handlers:no_such_handler")
+    with pytest.raises(ConfigError, match="queue.handler"):
+        load_handler("no_such_module_xyz:handler")
+
+
+def without_clocks(value: object) -> object:
+    """Findings as JSON without what differs between two runs on the same input (timestamps, timings)."""
+    if isinstance(value, dict):
+        return {k: without_clocks(v) for k, v in value.items() if k not in ("started_at", "finished_at", "timings")}
+    if isinstance(value, list):
+        return [without_clocks(v) for v in value]
+    return value
+
+
+def test_the_pipeline_handler_uses_its_analysis_ahead_only_while_the_instances_are_unchanged(
+        database: Database, tmp_path: Path) -> None:
+    import pydicom
+
+    from tests.e2e.studies import brain_mr_study
+
+    study = brain_mr_study(tmp_path / "mr", 20, 3)
+    for path in study.files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        database.record_instance(None, ReceivedInstance(
+            study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID, sop_instance_uid=ds.SOPInstanceUID,
+            sop_class_uid=ds.SOPClassUID, transfer_syntax=ds.file_meta.TransferSyntaxUID, modality=ds.Modality,
+            patient_id=ds.PatientID, patient_name=str(ds.PatientName), study_date="", series_number=1,
+            instance_number=int(ds.InstanceNumber), series_description="", size_bytes=path.stat().st_size,
+            spool_path=str(path), calling_ae="MRI"))
+    settings = load_settings(None, {("storage", "data_dir"): str(tmp_path / "data"),
+                                    ("pipeline", "report_process"): False}, environ={})
+    handler = build_study_handler(settings, database)
+    assert isinstance(handler, AnalyseStudy)
+    queue = JobQueue(database, settings.queue)
+    receiving = queue.study_to_analyse_ahead(0.0, {})
+    assert receiving is not None and receiving.study_uid == study.study_uid and len(receiving.instances) == 3
+    assert queue.study_to_analyse_ahead(0.0, {study.study_uid: receiving.last_received_at}) is None
+    assert queue.study_to_analyse_ahead(3600.0, {}) is None  # not quiet for an hour
+    queue.complete_study(study.study_uid)
+    claim = queue.claim("test")
+    assert claim is not None
+    job = StudyJob.from_claim(claim, database)
+
+    go_on = AheadControl(keep_going=lambda: True, study_due=lambda: False)
+    handler.analyse_ahead(receiving, go_on)
+    handler(StudyJob(job_id=claim.job_id, study_uid=STUDY, attempt=1, max_attempts=1, calling_ae="MRI",
+                     instances=(), _database=database))  # another study's job leaves the analysis ahead alone
+    handler(job)  # uses the analysis ahead
+    handler(job)  # nothing ahead: analyses itself
+    handler.analyse_ahead(receiving, go_on)
+    os.utime(study.files[1], ns=(time.time_ns(), study.files[1].stat().st_mtime_ns + 10**9))  # the file replaced
+    handler(job)
+    handler.analyse_ahead(receiving, AheadControl(keep_going=lambda: False, study_due=lambda: False))  # gave way
+    handler(job)
+    answers = iter([True])  # yes before the series, then no: a job of another study became due
+    handler.analyse_ahead(receiving, AheadControl(keep_going=lambda: next(answers, False), study_due=lambda: False))
+    handler(job)
+    handler.analyse_ahead(receiving, AheadControl(keep_going=lambda: True, study_due=lambda: True))  # own job due
+    handler(job)
+
+    started = [(e["analysed_ahead"], e["reports_built_ahead"]) for e in events(database, "pipeline.started")]
+    assert started == [(False, False), (True, True), (False, False), (False, False), (False, False), (True, False),
+                       (True, False)]
+    findings = [without_clocks(f) for f in events(database, "pipeline.findings")][1:]
+    assert len(findings) == 6 and all(f == findings[0] for f in findings)
+    reports = [e["objects"] for e in events(database, "report.built")][1:]
+    assert len(reports) == 6 and reports[0] and all(r == reports[0] for r in reports)  # ahead = by the job
+    series_found = findings[0]["series"]  # type: ignore[index]
+    assert any(series["detections"] or series["segmentations"] for series in series_found)
