@@ -170,7 +170,8 @@ class Worker:
     def analyse_ahead_once(self, analyse: Callable[[ReceivingStudy, AheadControl], None]) -> bool:
         """With no job to run: hand the receiving study that will be stable soonest, once it has been quiet for
         `queue.analyse_ahead_after_seconds`, to the handler's `analyse_ahead`, once per state of the study. It gives
-        way between series when another study's job is due or the node stops. False when there was nothing to do."""
+        way between series when another study's job is due, the study receives another instance (it is analysed
+        again once quiet), or the node stops. False when there was nothing to do."""
         quiet_seconds = self.queue.settings.analyse_ahead_after_seconds
         if not quiet_seconds:
             return False
@@ -187,8 +188,11 @@ class Worker:
             # The wake event is set when a job is queued; only then is it worth asking the database.
             return self.queue.studies_with_due_jobs() if self._wake.is_set() else set()
 
-        analyse(study, AheadControl(keep_going=lambda: not self._stopping.is_set() and not due() - {study.study_uid},
-                                    study_due=lambda: study.study_uid in due()))
+        def keep_going() -> bool:
+            return (not self._stopping.is_set() and not due() - {study.study_uid}
+                    and self.queue.last_received_at(study.study_uid) == study.last_received_at)
+
+        analyse(study, AheadControl(keep_going=keep_going, study_due=lambda: study.study_uid in due()))
         return True
 
     def run_once(self, worker_id: str | None = None) -> bool:

@@ -297,3 +297,22 @@ def test_an_idle_worker_analyses_ahead_when_the_quiet_time_ends_not_at_its_next_
         assert 0.25 < time.monotonic() - received < 1.5
     finally:
         worker.stop(timeout=5)
+
+
+def test_analysis_ahead_gives_way_when_its_study_receives_another_instance(database: Database) -> None:
+    queue = fast_queue(database, stable_after_seconds=30.0, analyse_ahead_after_seconds=0.05)
+    handler = AheadHandler(give_way=threading.Event())
+    handler.database = database
+    worker = Worker(queue, handler, threads=1)
+    worker.start()
+    try:
+        record_study(database)
+        assert handler.give_way is not None and handler.give_way.wait(5)
+        time.sleep(0.1)
+        assert not handler.gave_way.is_set()
+        record_study(database, count=1, first=3)
+        assert handler.gave_way.wait(5)
+        wait_for(lambda: len(handler.ahead) == 2)  # analysed again once quiet, with the new instance
+        assert handler.ahead[1][:2] == (STUDY, 3)
+    finally:
+        worker.stop(timeout=5)

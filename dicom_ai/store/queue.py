@@ -141,6 +141,11 @@ class JobQueue:
                 return max(0.0, (due - self._clock()).total_seconds())
         return None
 
+    def last_received_at(self, study_uid: str) -> datetime | None:
+        """When the study's latest instance (not one of our outputs) was received; None for an unknown study."""
+        with self.database.session() as session:
+            return session.scalar(select(Study.last_received_at).where(Study.study_uid == study_uid))
+
     def studies_with_due_jobs(self) -> set[str]:
         """UIDs of the studies whose queued job is due now (an analysis ahead checks whether to give way)."""
         with self.database.session() as session:
