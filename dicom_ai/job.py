@@ -88,12 +88,13 @@ StudyHandler = Callable[[StudyJob], None]
 class AheadControl:
     """What an analysis ahead asks the worker while it runs."""
 
-    keep_going: Callable[[], bool]  # False: give way (another study's job is due, or the node stops)
+    keep_going: Callable[[], bool]  # False: give way (another study's job is due, the study got another instance,
+    #                                 or the node stops)
     study_due: Callable[[], bool]  # True: the study's own job is due; it builds the reports itself, viewer's first
 
 
 class AnalysisCancelled(Exception):
-    """An analysis ahead of a study gave way (to a due job, or the node stopping)."""
+    """An analysis ahead of a study gave way (see AheadControl.keep_going)."""
 
 
 SpoolFingerprint = tuple[tuple[str, str, int, int, int], ...]
