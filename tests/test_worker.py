@@ -9,13 +9,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from sqlalchemy import select
 
 from dicom_ai.job import AheadControl, StudyJob
 from dicom_ai.store.database import Database
 from dicom_ai.store.models import Study
+from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.records import JobState, ReceivingStudy
 from dicom_ai.worker import Worker, is_dead_local_worker
 from tests.support.queueing import (OTHER_STUDY, STUDY, database, events, fast_queue, job_state, queued_study,
@@ -190,45 +192,56 @@ def test_dead_local_worker_is_recognised_by_its_process() -> None:
 
 class AheadHandler:
     """A handler with a warm-up and an analysis ahead that records what it was given (the Worker's scheduling is
-    under test here; the real analysis ahead is tested with the pipeline handler below)."""
+    under test here; tests/test_job.py runs the real analysis ahead). With `give_way`, each analysis ahead runs until
+    the worker says to give way, recording whether the study's own job became due meanwhile."""
 
-    def __init__(self, give_way: threading.Event | None = None) -> None:
+    def __init__(self, database: Database, give_way: bool = False) -> None:
+        self.database = database
         self.ahead: list[tuple[str, int, str, str]] = []  # (study, instances, study state, thread)
         self.jobs: list[str] = []
         self.give_way = give_way
+        self.running = threading.Event()
         self.gave_way = threading.Event()
         self.own_job_due = threading.Event()
-        self.database: Database | None = None
 
     def warm_up(self) -> None:
         pass
 
     def analyse_ahead(self, study: ReceivingStudy, control: AheadControl) -> None:
-        assert self.database is not None
         with self.database.session() as session:
             state = session.scalar(select(Study.state).where(Study.study_uid == study.study_uid))
         self.ahead.append((study.study_uid, len(study.instances), str(state), threading.current_thread().name))
-        if self.give_way is not None:
-            self.give_way.set()
-            deadline = time.monotonic() + 10
-            while control.keep_going() and time.monotonic() < deadline:
-                if control.study_due():
-                    self.own_job_due.set()
-                time.sleep(0.01)
-            if not control.keep_going():
-                self.gave_way.set()
+        if not self.give_way:
+            return
+        self.running.set()
+        deadline = time.monotonic() + 10
+        while control.keep_going() and time.monotonic() < deadline:
+            if control.study_due():
+                self.own_job_due.set()
+            time.sleep(0.01)
+        if not control.keep_going():
+            self.gave_way.set()
 
     def __call__(self, job: StudyJob) -> None:
         self.jobs.append(job.study_uid)
 
 
-def test_an_idle_worker_analyses_a_quiet_study_ahead_once_per_state_of_the_study(database: Database) -> None:
-    queue = fast_queue(database, stable_after_seconds=30.0, analyse_ahead_after_seconds=0.1)
-    handler = AheadHandler()
-    handler.database = database
-    worker = Worker(queue, handler, threads=2)
+@contextmanager
+def worker_analysing_ahead(database: Database, *, give_way: bool = False, threads: int = 1,
+                           **queue_settings: float) -> Iterator[tuple[JobQueue, AheadHandler, Worker]]:
+    """A started worker over an AheadHandler; studies become stable only when completed by the test."""
+    queue = fast_queue(database, **{"stable_after_seconds": 30.0, **queue_settings})
+    handler = AheadHandler(database, give_way)
+    worker = Worker(queue, handler, threads=threads)
     worker.start()
     try:
+        yield queue, handler, worker
+    finally:
+        worker.stop(timeout=5)
+
+
+def test_an_idle_worker_analyses_a_quiet_study_ahead_once_per_state_of_the_study(database: Database) -> None:
+    with worker_analysing_ahead(database, threads=2, analyse_ahead_after_seconds=0.1) as (queue, handler, worker):
         record_study(database)
         wait_for(lambda: len(handler.ahead) == 1)
         time.sleep(0.3)  # many idle rounds: the same state of the study is not analysed again
@@ -239,22 +252,13 @@ def test_an_idle_worker_analyses_a_quiet_study_ahead_once_per_state_of_the_study
         queue.complete_study(STUDY)
         worker.wake()
         wait_for(lambda: handler.jobs == [STUDY])
-    finally:
-        worker.stop(timeout=5)
     assert len(handler.ahead) == 2
 
 
 def test_analysis_ahead_gives_way_to_another_studys_due_job(database: Database) -> None:
-    queue = fast_queue(database, stable_after_seconds=30.0, analyse_ahead_after_seconds=0.05)
-    handler = AheadHandler(give_way=threading.Event())
-    handler.database = database
-    worker = Worker(queue, handler, threads=1)
-    worker.start()
-    try:
+    with worker_analysing_ahead(database, give_way=True, analyse_ahead_after_seconds=0.05) as (queue, handler, worker):
         record_study(database, study=OTHER_STUDY)
-        assert handler.give_way is not None and handler.give_way.wait(5)
-        time.sleep(0.1)
-        assert not handler.gave_way.is_set()
+        assert handler.running.wait(5)
         worker.wake()  # a wake-up alone (no job due) changes nothing
         time.sleep(0.1)
         assert not handler.gave_way.is_set() and not handler.own_job_due.is_set()
@@ -267,52 +271,31 @@ def test_analysis_ahead_gives_way_to_another_studys_due_job(database: Database) 
         worker.wake()
         assert handler.gave_way.wait(5)
         wait_for(lambda: sorted(handler.jobs) == sorted([STUDY, OTHER_STUDY]))
-    finally:
-        worker.stop(timeout=5)
-
-
-def test_analysis_ahead_is_off_at_zero_seconds(database: Database) -> None:
-    queue = fast_queue(database, stable_after_seconds=30.0, analyse_ahead_after_seconds=0)
-    handler = AheadHandler()
-    handler.database = database
-    record_study(database)
-    worker = Worker(queue, handler, threads=1)
-    worker.start()
-    time.sleep(0.3)
-    worker.stop(timeout=5)
-    assert handler.ahead == []
-
-
-def test_an_idle_worker_analyses_ahead_when_the_quiet_time_ends_not_at_its_next_poll(database: Database) -> None:
-    queue = fast_queue(database, poll_seconds=30.0, stable_after_seconds=30.0, analyse_ahead_after_seconds=0.3)
-    handler = AheadHandler()
-    handler.database = database
-    worker = Worker(queue, handler, threads=1)
-    worker.start()
-    try:
-        time.sleep(0.5)  # idle, nothing receiving
-        record_study(database)
-        received = time.monotonic()
-        wait_for(lambda: len(handler.ahead) == 1, timeout=5)
-        assert 0.25 < time.monotonic() - received < 1.5
-    finally:
-        worker.stop(timeout=5)
 
 
 def test_analysis_ahead_gives_way_when_its_study_receives_another_instance(database: Database) -> None:
-    queue = fast_queue(database, stable_after_seconds=30.0, analyse_ahead_after_seconds=0.05)
-    handler = AheadHandler(give_way=threading.Event())
-    handler.database = database
-    worker = Worker(queue, handler, threads=1)
-    worker.start()
-    try:
+    with worker_analysing_ahead(database, give_way=True, analyse_ahead_after_seconds=0.05) as (_, handler, _worker):
         record_study(database)
-        assert handler.give_way is not None and handler.give_way.wait(5)
+        assert handler.running.wait(5)
         time.sleep(0.1)
         assert not handler.gave_way.is_set()
         record_study(database, count=1, first=3)
         assert handler.gave_way.wait(5)
         wait_for(lambda: len(handler.ahead) == 2)  # analysed again once quiet, with the new instance
         assert handler.ahead[1][:2] == (STUDY, 3)
-    finally:
-        worker.stop(timeout=5)
+
+
+def test_analysis_ahead_is_off_at_zero_seconds(database: Database) -> None:
+    record_study(database)
+    with worker_analysing_ahead(database, analyse_ahead_after_seconds=0) as (_, handler, _worker):
+        time.sleep(0.3)
+    assert handler.ahead == []
+
+
+def test_an_idle_worker_analyses_ahead_when_the_quiet_time_ends_not_at_its_next_poll(database: Database) -> None:
+    with worker_analysing_ahead(database, poll_seconds=30.0, analyse_ahead_after_seconds=0.3) as (_, handler, _w):
+        time.sleep(0.5)  # idle, nothing receiving
+        record_study(database)
+        received = time.monotonic()
+        wait_for(lambda: len(handler.ahead) == 1, timeout=5)
+        assert 0.25 < time.monotonic() - received < 1.5
