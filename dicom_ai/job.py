@@ -282,7 +282,11 @@ class AnalyseStudy:
         job.record("pipeline.started", {"instances": len(job.instances), "analysed_ahead": analysis is not None,
                                         "reports_built_ahead": analysis is not None and analysis.reports is not None})
         if analysis is None:
-            analysis = self._analyse(job.instances, keep_going=lambda: not job.stop_requested)
+            try:
+                analysis = self._analyse(job.instances, keep_going=lambda: not job.stop_requested)
+            except AnalysisCancelled:
+                raise RuntimeError("stop requested (the node is stopping or the lease was lost) before the pipeline "
+                                   "finished") from None
         if analysis.unreadable:
             job.record("pipeline.unreadable", {"instances": analysis.unreadable})
         if job.instances and not analysis.sources:
@@ -346,7 +350,8 @@ class AnalyseStudy:
             log.info("study %s analysed ahead (%d instances%s)", study.study_uid, len(study.instances),
                      ", reports built" if analysis.reports is not None else "")
         except AnalysisCancelled:
-            log.info("analysis ahead of study %s gave way to a due job", study.study_uid)
+            log.info("analysis ahead of study %s gave way (a job is due, the study changed, or the node stops)",
+                     study.study_uid)
         except Exception:  # the job analyses the study again and records what goes wrong there
             log.warning("analysis ahead of study %s failed; its job will redo what failed", study.study_uid,
                         exc_info=True)
