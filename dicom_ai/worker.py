@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from dicom_ai.job import AheadControl, PermanentJobError, StudyHandler, StudyJob
 from dicom_ai.store.queue import JobQueue, LeaseLost
 from dicom_ai.store.records import ReceivingStudy
+from dicom_ai.store.stability import WAKE_MARGIN_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class Worker:
         if not quiet_seconds:
             return poll
         due = self.queue.seconds_until_quiet(quiet_seconds, self._analysed_ahead)
-        return min(poll, quiet_seconds if due is None else due + 0.02)  # +0.02: quiet by the database's clock too
+        return min(poll, quiet_seconds if due is None else due + WAKE_MARGIN_SECONDS)
 
     def analyse_ahead_once(self, analyse: Callable[[ReceivingStudy, AheadControl], None]) -> bool:
         """With no job to run: hand the receiving study that will be stable soonest, once it has been quiet for

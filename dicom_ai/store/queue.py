@@ -65,17 +65,6 @@ class JobQueue:
                     created.append(job.id)
             return created
 
-    def seconds_until_next_stable(self) -> float | None:
-        """How long until the quietest receiving study reaches the quiet period (0 when overdue); None when none is
-        receiving. The monitor sleeps this long instead of a whole poll interval."""
-        with self.database.session() as session:
-            last = session.scalar(select(func.min(Study.last_received_at))
-                                  .where(Study.state == StudyState.RECEIVING))
-        if last is None:
-            return None
-        due = last + timedelta(seconds=self.settings.stable_after_seconds)
-        return max(0.0, (due - self._clock()).total_seconds())
-
     def complete_study(self, study_uid: str) -> CompletionResult:
         """The operator says the study is complete: make it stable now and queue its job (no quiet period)."""
         now = self._clock()
@@ -132,11 +121,14 @@ class JobQueue:
                 return ReceivingStudy(study_uid, last_received_at, _analysable_instances(session, study_id))
         return None
 
-    def seconds_until_quiet(self, quiet_seconds: float, analysed: Mapping[str, datetime]) -> float | None:
-        """How long until `study_to_analyse_ahead` has a study (0 when it has one now); None when no receiving
-        study is left to analyse ahead. An idle worker sleeps this long instead of a whole poll interval."""
+    def seconds_until_quiet(self, quiet_seconds: float,
+                            analysed: Mapping[str, datetime] | None = None) -> float | None:
+        """How long until the next receiving study (skipping those in `analysed`, see `study_to_analyse_ahead`) has
+        been quiet for `quiet_seconds` (0 when one has); None when none is left. The stability monitor (quiet
+        period) and an idle worker (analysis ahead) sleep this long, plus `stability.WAKE_MARGIN_SECONDS`, instead
+        of a whole poll interval."""
         with self.database.session() as session:
-            for _, _, last_received_at in _receiving_studies(session, analysed):
+            for _, _, last_received_at in _receiving_studies(session, analysed or {}):
                 due = last_received_at + timedelta(seconds=quiet_seconds)
                 return max(0.0, (due - self._clock()).total_seconds())
         return None

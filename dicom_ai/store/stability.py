@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+WAKE_MARGIN_SECONDS = 0.02  # sleep a little past a quiet time's end, so it has ended by the database's clock too
+
 
 def mark_quiet_studies_stable(session: Session, now: datetime, quiet_period: timedelta) -> list[Study]:
     """Move every receiving study that has been quiet for `quiet_period` to `stable`; return them."""
@@ -84,12 +86,11 @@ class StabilityMonitor:
     def _next_wait(self) -> float:
         poll = self.queue.settings.poll_seconds
         try:
-            due = self.queue.seconds_until_next_stable()
+            due = self.queue.seconds_until_quiet(self.queue.settings.stable_after_seconds)
         except Exception:
             log.exception("stability monitor: cannot read the next due study; polling")
             return poll
-        # a little past the due time, so the study is quiet by the database's clock too
-        return poll if due is None else min(poll, due + 0.02)
+        return poll if due is None else min(poll, due + WAKE_MARGIN_SECONDS)
 
     def _run(self) -> None:
         while not self._stop.wait(self._next_wait()):

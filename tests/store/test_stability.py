@@ -65,4 +65,4 @@ def test_monitor_queues_a_study_when_its_quiet_period_ends_not_at_the_next_poll(
     finally:
         monitor.stop()
     assert 0.35 <= time.monotonic() - started < 2.0
-    assert queue.seconds_until_next_stable() is None  # nothing is receiving any more
+    assert queue.seconds_until_quiet(0.4) is None  # nothing is receiving any more
