@@ -95,4 +95,3 @@ def warm_up() -> None:
         loader = getattr(tables, name, None)
         if callable(loader):
             loader()
-

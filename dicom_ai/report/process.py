@@ -24,12 +24,12 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from io import BytesIO
 
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from dicom_ai.pipeline.findings import StudyFindings
+from dicom_ai.send.outbox import encode_part10  # the outbox's own encoding: the bytes are queued as they are
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,5 @@ def _ready() -> bool:
 def _build_reports(source_datasets: list[Dataset], findings: StudyFindings, now: dt.datetime) -> list[bytes]:
     from dicom_ai.report.outputs import REPORT_KINDS, build_outputs
 
-    encoded = []
-    for dataset in build_outputs(source_datasets, findings, now=now, kinds=REPORT_KINDS):
-        buffer = BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
-        encoded.append(buffer.getvalue())
-    return encoded
+    return [encode_part10(dataset) for dataset in build_outputs(source_datasets, findings, now=now,
+                                                                kinds=REPORT_KINDS)]
