@@ -78,9 +78,28 @@ class ServedNode:
         self.stop()
         raise RuntimeError(f"dicom-ai serve did not listen on {self.port} within {timeout} s:\n{self.log()}")
 
+    @property
+    def database(self) -> Path:
+        """The node's SQLite audit database."""
+        return self.data_dir / "dicom-ai.sqlite"
+
+    def latest_job(self, study_uid: str) -> tuple[str, str] | None:
+        """(state, last error) of the study's latest job; None before it has one."""
+        with closing(sqlite3.connect(self.database, timeout=10)) as connection:
+            row = connection.execute("SELECT jobs.state, jobs.last_error FROM jobs JOIN studies ON jobs.study_id = "
+                                     "studies.id WHERE studies.study_uid = ? ORDER BY jobs.id DESC LIMIT 1",
+                                     (study_uid,)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def outbox_states(self, study_uid: str) -> dict[str, int]:
+        """How many of the study's outbox rows are in each state (pending, sending, sent, dead)."""
+        with closing(sqlite3.connect(self.database, timeout=10)) as connection:
+            return dict(connection.execute("SELECT state, count(*) FROM outbox WHERE study_uid = ? GROUP BY state",
+                                           (study_uid,)).fetchall())
+
     def _listening(self) -> bool:
         """The node records its run once its listener is bound (a TCP probe would itself be a client)."""
-        database = self.data_dir / "dicom-ai.sqlite"
+        database = self.database
         if self.process is None or not database.is_file():
             return False
         try:

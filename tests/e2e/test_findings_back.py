@@ -10,9 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
-import sqlite3
 import time
-from contextlib import closing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -137,23 +135,14 @@ def node_settled(node: ServedNode, study_uid: str) -> bool:
     The viewer objects reach the PACS before the complete SR (dicom_ai.report.process), so finding some results
     in Orthanc does not yet mean that all have been sent.
     """
-    database = node.data_dir / "dicom-ai.sqlite"
-    with closing(sqlite3.connect(database, timeout=10)) as connection:
-        job = connection.execute("SELECT jobs.state FROM jobs JOIN studies ON jobs.study_id = studies.id "
-                                 "WHERE studies.study_uid = ? ORDER BY jobs.id DESC LIMIT 1", (study_uid,)).fetchone()
-        waiting = connection.execute("SELECT COUNT(*) FROM outbox WHERE study_uid = ? AND state IN "
-                                     "('pending', 'sending')", (study_uid,)).fetchone()[0]
-    return job is not None and job[0] == "done" and waiting == 0
+    job, states = node.latest_job(study_uid), node.outbox_states(study_uid)
+    return job is not None and job[0] == "done" and not states.get("pending") and not states.get("sending")
 
 
 def failed_job_error(node: ServedNode, study_uid: str) -> str | None:
     """The error of the study's latest job when that job has failed for good (read from the node's database)."""
-    database = node.data_dir / "dicom-ai.sqlite"
-    with closing(sqlite3.connect(database, timeout=10)) as connection:
-        row = connection.execute("SELECT jobs.state, jobs.last_error FROM jobs JOIN studies ON jobs.study_id = "
-                                 "studies.id WHERE studies.study_uid = ? ORDER BY jobs.id DESC LIMIT 1",
-                                 (study_uid,)).fetchone()
-    return str(row[1]) if row is not None and row[0] == "failed" else None
+    job = node.latest_job(study_uid)
+    return job[1] if job is not None and job[0] == "failed" else None
 
 
 def wait_for_results(deployment: Deployment, name: str, expected: set[str]) -> list[Dataset]:
