@@ -90,7 +90,7 @@ class ReportProcess:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
-                process.join(5)
+            _wait_until_reaped(process, timeout=5.0)
 
     def _pool(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -99,6 +99,16 @@ class ReportProcess:
                 self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                                      initializer=_initialise)
             return self._executor
+
+
+def _wait_until_reaped(process: multiprocessing.process.BaseProcess, timeout: float) -> None:
+    """Wait until `process` has ended and its exit code is recorded. The executor's own thread joins its processes
+    too; when it reaps one first, our poll finds no such child and `is_alive` says True until that thread has
+    stored the exit code."""
+    deadline = time.monotonic() + timeout
+    process.join(timeout)
+    while process.exitcode is None and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _without_pixels(dataset: Dataset) -> Dataset:

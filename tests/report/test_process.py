@@ -226,7 +226,9 @@ def test_stop_ends_a_helper_that_does_not_return() -> None:
     helper = ReportProcess()
     helper.start()
     [process] = helper._pool()._processes.values()  # noqa: SLF001
-    helper._pool().submit(time.sleep, 60)
+    sleeping = helper._pool().submit(time.sleep, 60)  # noqa: SLF001
+    while not sleeping.running():  # handed to the helper, so shutdown cannot cancel it
+        time.sleep(0.01)
     started = time.monotonic()
     helper.stop(grace=0.5)
     assert time.monotonic() - started < 5
