@@ -115,11 +115,11 @@ class JobQueue:
         Its `instances` are empty when it holds only our own outputs."""
         quiet_since = self._clock() - timedelta(seconds=quiet_seconds)
         with self.database.session() as session:
-            for study_id, study_uid, last_received_at in _receiving_studies(session, analysed):
-                if last_received_at > quiet_since:
-                    return None
-                return ReceivingStudy(study_uid, last_received_at, _analysable_instances(session, study_id))
-        return None
+            quietest = _quietest_receiving_study(session, analysed)
+            if quietest is None or quietest[2] > quiet_since:
+                return None
+            study_id, study_uid, last_received_at = quietest
+            return ReceivingStudy(study_uid, last_received_at, _analysable_instances(session, study_id))
 
     def seconds_until_quiet(self, quiet_seconds: float,
                             analysed: Mapping[str, datetime] | None = None) -> float | None:
@@ -128,10 +128,11 @@ class JobQueue:
         period) and an idle worker (analysis ahead) sleep this long, plus `stability.WAKE_MARGIN_SECONDS`, instead
         of a whole poll interval."""
         with self.database.session() as session:
-            for _, _, last_received_at in _receiving_studies(session, analysed or {}):
-                due = last_received_at + timedelta(seconds=quiet_seconds)
-                return max(0.0, (due - self._clock()).total_seconds())
-        return None
+            quietest = _quietest_receiving_study(session, analysed or {})
+        if quietest is None:
+            return None
+        due = quietest[2] + timedelta(seconds=quiet_seconds)
+        return max(0.0, (due - self._clock()).total_seconds())
 
     def last_received_at(self, study_uid: str) -> datetime | None:
         """When the study's latest instance (not one of our outputs) was received; None for an unknown study."""
@@ -348,12 +349,13 @@ def next_due_job(now: datetime) -> Select[tuple[int]]:
             .with_for_update(skip_locked=True))
 
 
-def _receiving_studies(session: Session, analysed: Mapping[str, datetime]) -> list[tuple[int, str, datetime]]:
-    """(id, UID, last_received_at) of the receiving studies, quietest first, without those whose last_received_at
-    is the one in `analysed`."""
+def _quietest_receiving_study(session: Session,
+                              analysed: Mapping[str, datetime]) -> tuple[int, str, datetime] | None:
+    """(id, UID, last_received_at) of the receiving study that has been quiet longest, skipping those whose
+    last_received_at is the one in `analysed`; None when none is left."""
     rows = session.execute(select(Study.id, Study.study_uid, Study.last_received_at)
                            .where(Study.state == StudyState.RECEIVING).order_by(Study.last_received_at))
-    return [(study_id, uid, last) for study_id, uid, last in rows if analysed.get(uid) != last]
+    return next(((study_id, uid, last) for study_id, uid, last in rows if analysed.get(uid) != last), None)
 
 
 def _analysable_instances(session: Session, study_id: int) -> tuple[JobInstance, ...]:
