@@ -168,6 +168,9 @@ class PipelineSettings(_Section):
                                             "background, so the first study does not pay for it")
     report_process: bool = Field(True, description="build the complete SRs in a helper process while the SEG, boxes "
                                                    "SR and key images are built and queued (machines with 2+ CPUs)")
+    enable_models_below_minimum: tuple[str, ...] = Field(
+        (), description="models to run although their test metric is below the manifest's minimum (they are "
+                        "disabled by default; the SR then says which minimum each misses)")
 
     @property
     def resolved_routing_file(self) -> Path:

@@ -236,7 +236,8 @@ class AnalyseStudy:
         self.settings = settings
         self.database = database
         self.sender = sender
-        self.registry = ModelRegistry(settings.pipeline.models_dir, device=settings.pipeline.device)
+        self.registry = ModelRegistry(settings.pipeline.models_dir, device=settings.pipeline.device,
+                                      enabled_below_minimum=settings.pipeline.enable_models_below_minimum)
         self.report_process = (ReportProcess() if settings.pipeline.report_process and (os.cpu_count() or 1) > 1
                                else None)
         self._ahead: tuple[str, _Analysis] | None = None  # (study UID, findings) made by analyse_ahead
@@ -410,7 +411,8 @@ def models_status(settings: Settings, registry: ModelRegistry | None = None) -> 
     if registry is None:
         from dicom_ai.models.registry import ModelRegistry  # torch: only for the commands that report models
 
-        registry = ModelRegistry(settings.pipeline.models_dir, device="cpu")
+        registry = ModelRegistry(settings.pipeline.models_dir, device="cpu",
+                                 enabled_below_minimum=settings.pipeline.enable_models_below_minimum)
     rows = [{"name": s.name, "version": s.spec.version if s.spec else None, "state": s.state, "detail": s.message}
             for s in registry.status()]
     usable = [row for row in rows if row["state"] == "available"]

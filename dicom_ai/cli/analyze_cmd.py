@@ -111,7 +111,8 @@ def analyze(
     except RoutingError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    registry = ModelRegistry(settings.pipeline.models_dir, device=settings.pipeline.device)
+    registry = ModelRegistry(settings.pipeline.models_dir, device=settings.pipeline.device,
+                                      enabled_below_minimum=settings.pipeline.enable_models_below_minimum)
     by_study: dict[str, list[object]] = {}
     skipped = []
     for path in _files(paths):

@@ -150,6 +150,10 @@ def _register(task: str, defaults: TaskDefaults) -> None:
         workers: Annotated[int, typer.Option("--workers", help="Image loading threads / data workers.")] = 2,
         resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last checkpoint.")] = (
             False),
+        init: Annotated[Optional[Path], typer.Option("--init", help="Start from these weights (safetensors; tensors "
+                                                     "matched by name and shape): the shipped model for a warm "
+                                                     "start, or ../shared/pretrained/yolov5n_coco_v6.1.safetensors "
+                                                     "for a yolov5n detector.")] = None,
         install: Annotated[Optional[Path], typer.Option("--install", help="Install into this models folder "
                                                         "(weights, MODEL_CARD.md, manifest entry).")] = None,
         name: Annotated[Optional[str], typer.Option("--name", help="Manifest name for --install.")] = None,
@@ -163,7 +167,7 @@ def _register(task: str, defaults: TaskDefaults) -> None:
         out = out or Path("runs") / (name or dataset or location.stem)
         request = RunRequest(arch=arch, input_size=input_size, epochs=epochs, batch_size=batch, seed=seed,
                              budget_seconds=budget_seconds, patience=patience, lr=lr, max_items=max_items,
-                             max_steps=max_steps, device=device, workers=workers, resume=resume)
+                             max_steps=max_steps, device=device, workers=workers, resume=resume, init_weights=init)
         _train(task, location, dataset, out, request, install, name, version)
 
     command.__doc__ = (f"Train one {task} model (default {defaults.arch}) with a grouped train/val/test split, "

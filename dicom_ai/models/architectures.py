@@ -21,7 +21,7 @@ from dicom_ai.models.unet import UNet
 if TYPE_CHECKING:
     from ultralytics import YOLO
 
-CLASSIFIERS = ("resnet18", "resnet34", "resnet50", "densenet121", "vgg16", "vgg16_bn")
+CLASSIFIERS = ("resnet18", "resnet34", "resnet50", "densenet121", "vgg16", "vgg16_bn", "mobilenet_v3_small")
 SEGMENTERS = ("unet", "attention_unet", "res50_unet")
 # Architecture name in the manifest -> the ultralytics model yaml (the "u" variants are the anchor-free heads
 # ultralytics ships for YOLOv5).
@@ -60,6 +60,13 @@ def build_classifier(arch: str, num_classes: int, in_channels: int = 1) -> nn.Mo
         model.conv1 = _conv_like(model.conv1, in_channels)
     elif arch == "densenet121":
         model.features.conv0 = _conv_like(model.features.conv0, in_channels)
+    elif arch == "mobilenet_v3_small":  # 1.5 M parameters (3 MB in fp16): for small nodes within the weights budget
+        model.features[0][0] = _conv_like(model.features[0][0], in_channels)
+        # torchvision's BatchNorm momentum of 0.01 suits long ImageNet runs; in a few short epochs from random
+        # weights the running statistics lag so far behind that the model in eval mode answers one class.
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = 0.1
     else:  # vgg16 / vgg16_bn
         model.features[0] = _conv_like(model.features[0], in_channels)
     return model

@@ -6,6 +6,13 @@ names, the input size (square letterbox side) and channels, the normalisation ap
 (`(x - mean) / std`), the weights file relative to the models folder with its sha256, the version, what it was
 trained on, its test metrics and the relative path of its model card. `upsert_model_spec` rewrites the file sorted
 by name with a fixed key order, so diffs stay small.
+
+Two optional tables make a model's quality an operating fact rather than a footnote:
+- `[models.<name>.operating_point]`: `confidence` (detectors: the lowest box score the node shows) or `threshold`
+  (segmenters: the probability a pixel needs), chosen on the validation split by the rule in `rule`;
+- `[models.<name>.minimum]`: the lowest test metric (same names as `metrics`) the model must reach to be used.
+  A model below its minimum is disabled unless the node's config enables it explicitly
+  (`pipeline.enable_models_below_minimum`); `status` and the SR say which minimum it misses.
 """
 
 from __future__ import annotations
@@ -58,16 +65,36 @@ class ModelSpec:
     trained_on: str = ""
     metrics: Mapping[str, float] = field(default_factory=dict)
     card: str = ""
+    operating_point: Mapping[str, float | str] = field(default_factory=dict)
+    minimum: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "metrics", dict(self.metrics))
+        object.__setattr__(self, "operating_point", dict(self.operating_point))
+        object.__setattr__(self, "minimum", dict(self.minimum))
         problems = _problems(self)
         if problems:
             raise ManifestError(f"model {self.name!r}: " + "; ".join(problems))
 
     def weights_path(self, models_dir: Path) -> Path:
         return Path(models_dir) / self.weights
+
+    def below_minimum(self) -> list[str]:
+        """Each test metric under its `minimum` (or missing), as "mAP50 0.054 < 0.35"; empty when the model passes."""
+        failures = []
+        for metric, floor in sorted(self.minimum.items()):
+            value = self.metrics.get(metric)
+            if value is None:
+                failures.append(f"{metric} not measured (minimum {floor:g})")
+            elif value < floor:
+                failures.append(f"{metric} {value:.3f} < {floor:g}")
+        return failures
+
+    def operating_value(self, key: str, default: float) -> float:
+        """`operating_point[key]` as a number (`confidence`, `threshold`), else `default`."""
+        value = self.operating_point.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
 def is_valid_model_name(name: str) -> bool:
@@ -120,12 +147,20 @@ def _problems(spec: ModelSpec) -> list[str]:
     if not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
                for k, v in spec.metrics.items()):
         problems.append("metrics must map names to numbers")
+    if not all(isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+               for k, v in spec.minimum.items()):
+        problems.append("minimum must map metric names to numbers")
+    for key in ("confidence", "threshold"):
+        value = spec.operating_point.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0.0 <= float(value) <= 1.0):
+            problems.append(f"operating_point.{key} must be a number in [0, 1], got {value!r}")
     return problems
 
 
 def _spec_from_table(name: str, table: Mapping[str, Any]) -> ModelSpec:
     known = {"task", "architecture", "classes", "input_size", "in_channels", "normalisation", "weights", "sha256",
-             "version", "trained_on", "metrics", "card"}
+             "version", "trained_on", "metrics", "card", "operating_point", "minimum"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise ManifestError(f"model {name!r}: unknown keys {', '.join(unknown)}")
@@ -140,13 +175,15 @@ def _spec_from_table(name: str, table: Mapping[str, Any]) -> ModelSpec:
     if not isinstance(classes, list):
         raise ManifestError(f"model {name!r}: classes must be a list")
     metrics = table.get("metrics", {})
-    if not isinstance(metrics, Mapping):
-        raise ManifestError(f"model {name!r}: metrics must be a table")
+    for key in ("metrics", "operating_point", "minimum"):
+        if not isinstance(table.get(key, {}), Mapping):
+            raise ManifestError(f"model {name!r}: {key} must be a table")
     return ModelSpec(name=name, task=table["task"], architecture=table["architecture"], classes=tuple(classes),
                      input_size=table["input_size"], in_channels=table["in_channels"],
                      mean=normalisation["mean"], std=normalisation["std"], weights=table["weights"],
                      sha256=table["sha256"], version=str(table["version"]), trained_on=table.get("trained_on", ""),
-                     metrics=metrics, card=table.get("card", ""))
+                     metrics=metrics, card=table.get("card", ""), operating_point=table.get("operating_point", {}),
+                     minimum=table.get("minimum", {}))
 
 
 def read_manifest_entries(models_dir: Path) -> tuple[dict[str, ModelSpec], dict[str, str]]:
@@ -221,9 +258,11 @@ def render_manifest(specs: Mapping[str, ModelSpec]) -> str:
                  f"version = {_toml_value(spec.version)}",
                  f"trained_on = {_toml_value(spec.trained_on)}",
                  f"card = {_toml_value(spec.card)}"]
-        if spec.metrics:
-            lines.append(f"\n[models.{_toml_key(name)}.metrics]")
-            lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in sorted(spec.metrics.items()))
+        for table, values in (("metrics", spec.metrics), ("operating_point", spec.operating_point),
+                              ("minimum", spec.minimum)):
+            if values:
+                lines.append(f"\n[models.{_toml_key(name)}.{table}]")
+                lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in sorted(values.items()))
         parts.append("\n".join(lines) + "\n")
     return "".join(parts)
 

@@ -28,7 +28,7 @@ from dicom_ai.models.weights import WeightsError, file_sha256, load_weights
 if TYPE_CHECKING:
     from dicom_ai.pipeline.findings import ModelRef
 
-ModelState = Literal["available", "missing-weights", "checksum-mismatch", "invalid"]
+ModelState = Literal["available", "below-minimum", "missing-weights", "checksum-mismatch", "invalid"]
 MANIFEST_ENTRY = "manifest"  # the status row used when the manifest file itself is unreadable
 
 
@@ -152,8 +152,10 @@ class ModelRegistry:
     """The models of one models folder; see the module docstring. Safe to share between worker threads."""
 
     def __init__(self, models_dir: Path | str, device: str = "auto", *, cpu_bf16: bool = False,
-                 cpu_threads: int | None = None) -> None:
+                 cpu_threads: int | None = None, enabled_below_minimum: Iterable[str] = ()) -> None:
         self.models_dir = Path(models_dir)
+        # Models the operator enabled although their test metric is below the manifest's minimum.
+        self.enabled_below_minimum = frozenset(enabled_below_minimum)
         self.device = resolve_device(device)
         self.cpu_bf16 = cpu_bf16
         if self.device.type == "cpu":
@@ -201,6 +203,13 @@ class ModelRegistry:
                     if actual != spec.sha256:
                         state = ModelStatus(name, "checksum-mismatch",
                                             f"{path} has sha256 {actual}, the manifest expects {spec.sha256}", spec)
+                    elif (failures := spec.below_minimum()) and name not in self.enabled_below_minimum:
+                        state = ModelStatus(name, "below-minimum",
+                                            f"below its minimum test metric ({'; '.join(failures)}): disabled; "
+                                            "pipeline.enable_models_below_minimum enables it", spec)
+                    elif failures:
+                        state = ModelStatus(name, "available", f"{spec.architecture} v{spec.version}, enabled by "
+                                            f"the config below its minimum ({'; '.join(failures)})", spec)
                     else:
                         state = ModelStatus(name, "available", f"{spec.architecture} v{spec.version}", spec)
             self._checked[name] = state

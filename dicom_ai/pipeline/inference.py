@@ -1,7 +1,7 @@
 """Source frames through the registry's models in batches, with results mapped back to source pixels.
 
-Every model sees what training saw: the pipeline's float image in [0, 1] letterboxed to the model's input size
-(`pixels.letterbox`; zero padding, grey for the ultralytics detectors); `LoadedModel` normalises, runs the forward
+Every model sees what training saw: the pipeline's float image in [0, 1] through `pixels.model_input` (the same
+intensity standardisation and letterbox as in training; zero padding, grey for the ultralytics detectors); `LoadedModel` normalises, runs the forward
 pass and post-processes (softmax, sigmoid, NMS).
 Here: batching, and the way back through each frame's `Letterbox` (boxes to source pixel coordinates, probability
 maps resized to the source frame, then thresholded).
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dicom_ai.models.registry import LoadedModel
-from dicom_ai.pipeline.pixels import Letterbox, letterbox
+from dicom_ai.pipeline.pixels import Letterbox, model_input
 
 DEFAULT_BATCH = 8
 DETECTION_CONFIDENCE = 0.25
@@ -28,7 +28,7 @@ def _batches(items: Sequence[np.ndarray], size: int, input_size: int,
              pad: float = 0.0) -> Iterator[list[Letterbox]]:
     """Letterboxed batches, built batch by batch so a long series never holds every input at once."""
     for start in range(0, len(items), size):
-        yield [letterbox(image, input_size, pad) for image in items[start:start + size]]
+        yield [model_input(image, input_size, pad) for image in items[start:start + size]]
 
 
 def classify(model: LoadedModel, frames: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH) -> np.ndarray:

@@ -11,8 +11,12 @@ Colour (RGB, YBR_* which pydicom converts to RGB, PALETTE COLOR through its look
 (H x W x 3 in [0, 1]) and turned into grey for `Frame.image` with the ITU-R BT.601 luma weights; every model of this
 project takes one channel, so `Frame.image` is always H x W float32 in [0, 1].
 
-`letterbox` resizes with the aspect ratio kept and pads to a square; training and inference use it alike, and the
-returned `Letterbox` maps boxes and masks back to source pixels.
+`model_input` is the one way an image becomes a model's input, in training (PNG/JPEG/DICOM files), `evaluate` and
+the node alike: `standardise` (the same robust 0.5-99.5 percentile stretch, applied to every grey image whatever it
+came from, so a slice stored as an 8-bit PNG, as 12- or 16-bit DICOM, with or without a window, gives the same
+input), then `letterbox`, which resizes with the aspect ratio kept and pads to a square; the returned `Letterbox`
+maps boxes and masks back to source pixels. `Frame.image` itself stays the display image (window applied), which
+the key image shows.
 """
 
 from __future__ import annotations
@@ -165,6 +169,13 @@ def _percentile_stretch(values: np.ndarray) -> np.ndarray:
     if high <= low:
         return np.zeros(values.shape)
     return np.clip((np.nan_to_num(values, nan=low) - low) / (high - low), 0.0, 1.0)
+
+
+def standardise(image: np.ndarray) -> np.ndarray:
+    """A grey image in [0, 1] stretched between its 0.5 and 99.5 percentiles (float32): the intensity
+    normalisation every model input gets. It is invariant to how the pixels were stored (bit depth, rescale,
+    a linear window that spans the data), and idempotent."""
+    return _percentile_stretch(np.asarray(image, dtype=np.float64)).astype(np.float32)
 
 
 def _voi(values: np.ndarray, stored: np.ndarray, attributes: Dataset) -> np.ndarray:
@@ -346,4 +357,11 @@ def letterbox(image: np.ndarray, size: int, pad: float = 0.0) -> Letterbox:
                      pad_top=top, pad_left=left)
 
 
-__all__ = ["Frame", "Letterbox", "PixelDataError", "letterbox", "load_frames", "load_image_file"]
+def model_input(image: np.ndarray, size: int, pad: float = 0.0) -> Letterbox:
+    """A grey H x W image in [0, 1] (a `Frame.image` or `load_image_file`) -> what a model of input `size` sees:
+    `standardise`, then `letterbox` onto `pad`. Training, `evaluate` and the node all call this."""
+    return letterbox(standardise(image), size, pad)
+
+
+__all__ = ["Frame", "Letterbox", "PixelDataError", "letterbox", "load_frames", "load_image_file", "model_input",
+           "standardise"]

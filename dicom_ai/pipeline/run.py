@@ -145,7 +145,8 @@ def _volume_mm3(series: Series, frames: Sequence[FrameMask]) -> float | None:
 
 
 def analyse_series(series: Series, registry: ModelRegistry, routing: RoutingTree,
-                   batch_size: int = inference.DEFAULT_BATCH) -> SeriesFindings:
+                   batch_size: int = inference.DEFAULT_BATCH,
+                   detection_confidence: float | None = None) -> SeriesFindings:
     timings: dict[str, float] = {}
     started = time.perf_counter()
     frames, errors = decode_series(series)
@@ -173,12 +174,16 @@ def analyse_series(series: Series, registry: ModelRegistry, routing: RoutingTree
                 continue
             ref = model.ref
             if task == "detection":
-                for frame, boxes in zip(frames, inference.detect(model, images, batch_size)):
+                confidence = (detection_confidence if detection_confidence is not None
+                              else model.spec.operating_value("confidence", inference.DETECTION_CONFIDENCE))
+                for frame, boxes in zip(frames, inference.detect(model, images, batch_size, confidence)):
                     detections.extend(
                         Detection(frame.sop_instance_uid, frame.frame_number, b.label, b.score, b.box, ref) for b in boxes)
             else:
                 masks = [FrameMask(frame.sop_instance_uid, frame.frame_number, mask, _area_mm2(mask, frame))
-                         for frame, mask in zip(frames, inference.segment(model, images, batch_size))]
+                         for frame, mask in zip(frames, inference.segment(
+                             model, images, batch_size,
+                             model.spec.operating_value("threshold", inference.MASK_THRESHOLD)))]
                 segmentations.append(Segmentation(label=model.spec.classes[0], model=ref, frames=tuple(masks),
                                                   volume_mm3=_volume_mm3(series, masks)))
             timings[f"{task}:{name}"] = time.perf_counter() - mark
@@ -190,8 +195,13 @@ def analyse_series(series: Series, registry: ModelRegistry, routing: RoutingTree
 
 
 def run_study(instances: Iterable[InstanceSource], registry: ModelRegistry, routing: RoutingTree, *,
-              batch_size: int = inference.DEFAULT_BATCH, progress: Progress | None = None) -> StudyFindings:
+              batch_size: int = inference.DEFAULT_BATCH, progress: Progress | None = None,
+              detection_confidence: float | None = None) -> StudyFindings:
     """Analyse one study: files (paths) or datasets of its instances -> findings per image series.
+
+    Detectors keep boxes at or above their manifest operating point (`operating_point.confidence`), segmenters
+    threshold at theirs; `detection_confidence` replaces every detector's operating point (an evaluation asks
+    for all boxes, e.g. 0.001, to compute mAP over all scores).
 
     Instances without pixel data (SR, KO, presentation states) are ignored; unreadable files are recorded as
     study-level errors. Raises ValueError when the instances belong to more than one study.
@@ -205,7 +215,7 @@ def run_study(instances: Iterable[InstanceSource], registry: ModelRegistry, rout
     for series in series_list:
         if progress:
             progress(f"series {series.series_instance_uid}: {len(series.datasets)} instance(s)")
-        results.append(analyse_series(series, registry, routing, batch_size))
+        results.append(analyse_series(series, registry, routing, batch_size, detection_confidence))
     return StudyFindings(study_instance_uid=next(iter(study_uids), ""), series=tuple(results),
                          started_at=started, finished_at=_now(),
                          errors=tuple(read_errors))

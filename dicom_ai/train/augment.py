@@ -11,7 +11,13 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Random affine (rotation, scale, shift, optional flips) and intensity (contrast, brightness, gamma, noise)."""
+    """Random affine (rotation, scale, shift, optional flips) and intensity (window, contrast, brightness, gamma,
+    noise).
+
+    `window`: how modalities store and window pixels differs (a narrow header window clips what a full-range one
+    keeps); with probability 1/2 an image is re-windowed between a low cut in [0, window) and a high cut in
+    (1 - window, 1] and stretched back onto [0, 1].
+    """
 
     rotate_degrees: float = 10.0
     scale: tuple[float, float] = (0.85, 1.15)
@@ -22,6 +28,7 @@ class Augmentation:
     brightness: float = 0.1
     gamma: float = 0.25
     noise: float = 0.02
+    window: float = 0.2
 
     def apply(
         self, images: torch.Tensor, masks: torch.Tensor | None = None, generator: torch.Generator | None = None
@@ -51,6 +58,12 @@ class Augmentation:
         if masks is not None:
             masks = F.grid_sample(masks, grid, mode="nearest", padding_mode="zeros", align_corners=False)
         shape = (n, 1, 1, 1)
+        if self.window:
+            low = uniform(0.0, self.window).view(shape)
+            high = uniform(1.0 - self.window, 1.0).view(shape)
+            rewindowed = ((images - low) / (high - low)).clamp(0, 1)
+            chosen = (torch.rand(n, device=device, generator=generator) < 0.5).view(shape)
+            images = torch.where(chosen, rewindowed, images)
         gamma = torch.exp(uniform(-self.gamma, self.gamma)).view(shape)
         images = images.clamp(0, 1) ** gamma
         images = images * uniform(1 - self.contrast, 1 + self.contrast).view(shape)

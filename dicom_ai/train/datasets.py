@@ -119,6 +119,14 @@ def xray_bodypart_items(root: Path) -> list[LabelledImage]:
     return items
 
 
+def mri_region_items(root: Path) -> list[LabelledImage]:
+    """The MR region set (brain / other): brain rows reference `lgg/` and `brain_tumor_det/` slices (grouped as
+    those sets group them), `other` rows are MedNIST breast MR grouped by near-duplicate group."""
+    return [LabelledImage(resolve_image(root, row["path"]), row["class"], row["group"], row["source"],
+                          row["lowres"] == "1")
+            for row in read_manifest(root, "mri_region/manifest.csv")]
+
+
 def lgg_slices(root: Path) -> list[MaskedSlice]:
     """LGG FLAIR slices with masks, in patient then slice order."""
     rows = read_manifest(root, "lgg/manifest.csv")

@@ -39,6 +39,9 @@ class DetectorConfig:
     fraction: float = 1.0
     device: str = "auto"
     conf_threshold: float = 0.25
+    # A safetensors state dict whose tensors (matched by name and shape) initialise the model before training,
+    # e.g. the verified COCO YOLOv5n backbone and neck in shared/pretrained (no pickle is read).
+    init_weights: str | None = None
 
 
 def prepare_ultralytics(config_dir: Path) -> None:
@@ -94,14 +97,31 @@ def write_dataset(out_dir: Path, splits: dict[str, Sequence[BoxedImage]], class_
     return yaml_path
 
 
+def standardised_copy(source: Path, target: Path) -> None:
+    """`source` (PNG/JPEG/DICOM) written to `target` as an 8-bit grey PNG of what the node's models see at
+    full resolution: the pipeline's loading and `pixels.standardise` (ultralytics then letterboxes it)."""
+    import cv2
+
+    from dicom_ai.pipeline.pixels import standardise
+    from dicom_ai.train.images import load_training_image, to_uint8
+
+    if not cv2.imwrite(str(target), to_uint8(standardise(load_training_image(source)))):
+        raise OSError(f"cannot write {target}")
+
+
 def staged_items(items: Sequence[BoxedImage], folder: Path) -> list[BoxedImage]:
-    """The items as links under `folder/images` with copies of their labels under `folder/labels`, so ultralytics
-    writes its `labels.cache` there and not beside the (possibly shared, read-only) data."""
+    """The items as standardised PNG copies under `folder/images` (`standardised_copy`: ultralytics reads image
+    files itself, so they must already hold the node's preprocessing) with copies of their labels under
+    `folder/labels`, so ultralytics writes its `labels.cache` there and not beside the (possibly shared,
+    read-only) data. Files already staged are kept (a resumed run stages nothing again)."""
     staged = []
     for position, item in enumerate(items):
-        image = folder / "images" / f"{position:06d}_{item.path.name}"
+        image = folder / "images" / f"{position:06d}_{item.path.stem}.png"
         image.parent.mkdir(parents=True, exist_ok=True)
-        image.symlink_to(item.path.absolute())
+        if not image.is_file():
+            partial = image.with_name(f".{image.name}.partial.png")
+            standardised_copy(item.path, partial)
+            partial.replace(image)
         label = None
         if item.label_path is not None and item.label_path.is_file():
             label = folder / "labels" / f"{image.stem}.txt"
@@ -145,6 +165,48 @@ def matched_box_statistics(model: Any, items: Sequence[BoxedImage], imgsz: int, 
     return {"matched_box_mean_iou": float(np.mean(ious)) if ious else 0.0, "matched_boxes": len(ious),
             "matched_box_class_accuracy": correct_class / len(ious) if ious else 0.0,
             "image_level_confusion": image_confusion, "conf_threshold": conf}
+
+
+def initialise_from(model: Any, weights: Path) -> int:
+    """Copy every tensor of the safetensors file `weights` whose name and shape match into the YOLO `model`
+    (the rest, e.g. a head for other classes, keeps its fresh initialisation); returns how many were copied.
+
+    ultralytics' trainer rebuilds a yaml-built model from scratch unless the model carries a checkpoint, so the
+    copied weights are marked as one (`model.ckpt`) for `train(pretrained=True)` to start from them."""
+    from safetensors.torch import load_file
+
+    import torch
+
+    source = load_file(str(weights))
+    target = model.model.state_dict()
+    matched = {k: v.to(target[k].dtype) for k, v in source.items() if k in target and target[k].shape == v.shape}
+    if not matched:
+        raise ValueError(f"no tensor of {weights} matches the model (names and shapes differ)")
+    with torch.no_grad():
+        model.model.load_state_dict(matched, strict=False)
+    model.ckpt = {"initialised_from": str(weights), "tensors": len(matched)}
+    return len(matched)
+
+
+def operating_point(weights: Path, yaml_path: Path, imgsz: int, batch_size: int, device: str,
+                    work_dir: Path) -> dict[str, float | str]:
+    """The detector's confidence threshold, chosen on the validation split: where the F1 score averaged over the
+    classes is highest (ultralytics' F1-confidence curve). The node shows boxes at or above it."""
+    from ultralytics import YOLO
+
+    metrics = YOLO(str(weights)).val(data=str(yaml_path), split="val", imgsz=imgsz, batch=batch_size, conf=0.001,
+                                     device=device, plots=False, verbose=False, project=str(work_dir.parent),
+                                     name=work_dir.name, exist_ok=True)
+    box = metrics.box
+    f1 = np.asarray(box.f1_curve, dtype=np.float64)
+    if f1.size == 0:
+        return {"confidence": 0.25, "rule": "no validation boxes: ultralytics' default 0.25"}
+    mean_f1 = f1.mean(axis=0)
+    best = int(np.argmax(mean_f1))
+    precision, recall = np.asarray(box.p_curve).mean(axis=0), np.asarray(box.r_curve).mean(axis=0)
+    return {"confidence": round(float(np.asarray(box.px)[best]), 4), "rule": "highest mean F1 on the validation split",
+            "val_f1": float(mean_f1[best]), "val_precision": float(precision[best]),
+            "val_recall": float(recall[best])}
 
 
 def ultralytics_device(requested: str) -> str:
@@ -226,6 +288,7 @@ def train_detector(
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "config.json", asdict(config))
+    splits = {name: staged_items(items, out_dir / "staged" / name) for name, items in splits.items()}
     yaml_path = write_dataset(out_dir / "dataset", splits, config.class_names)
     device = ultralytics_device(config.device)
     run_dir = out_dir / "run"
@@ -238,12 +301,16 @@ def train_detector(
         model.train(resume=True)
     else:
         model = build(config.arch, len(config.class_names))
+        if config.init_weights:
+            copied = initialise_from(model, Path(config.init_weights))
+            progress(f"[{config.name}] {copied} tensors initialised from {config.init_weights}")
         _report_epochs(model, config.name, progress)
         arguments: dict[str, Any] = dict(
             data=str(yaml_path), imgsz=config.imgsz, epochs=config.max_epochs, batch=config.batch_size,
             workers=config.workers, patience=config.patience, seed=config.seed, deterministic=False,
             cache=config.cache, fraction=config.fraction, device=device, project=str(out_dir), name="run",
-            exist_ok=True, plots=False, verbose=False, pretrained=False, amp=device != "cpu", val=True,
+            exist_ok=True, plots=False, verbose=False, pretrained=bool(config.init_weights), amp=device != "cpu",
+            val=True,
         )
         if config.budget_seconds:
             arguments["time"] = config.budget_seconds / 3600.0
@@ -252,9 +319,12 @@ def train_detector(
     best = run_dir / "weights" / "best.pt"
     if not best.is_file():
         best = last
+    chosen = operating_point(best, yaml_path, config.imgsz, config.batch_size, device, out_dir / "val")
+    progress(f"[{config.name}] operating point: confidence {chosen['confidence']} ({chosen['rule']})")
     test = score_detector(best, yaml_path, splits["test"], config.class_names, config.imgsz, config.batch_size,
-                          device, out_dir / "test", config.conf_threshold)
-    summary: dict[str, Any] = {"test": test, "train_seconds": train_seconds, "weights": str(best)}
+                          device, out_dir / "test", float(chosen["confidence"]))
+    summary: dict[str, Any] = {"test": test, "train_seconds": train_seconds, "weights": str(best),
+                               "operating_point": chosen}
     write_json(out_dir / "metrics.json", summary)
     progress(f"[{config.name}] test mAP50 {summary['test']['mAP50']:.3f} mAP50-95 {summary['test']['mAP50_95']:.3f}")
     return summary

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dicom_ai.pipeline.pixels import letterbox, load_image_file
+from dicom_ai.pipeline.pixels import model_input as pipeline_model_input
 
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -33,7 +34,7 @@ def load_training_image(path: Path) -> np.ndarray:
 def model_input(path: Path, size: int) -> np.ndarray:
     """One image or DICOM file -> the (size, size) uint8 grey image the model is trained on (pipeline
     preprocessing)."""
-    return to_uint8(letterbox_image(load_training_image(path), size))
+    return to_uint8(pipeline_model_input(load_training_image(path), size).image)
 
 
 def letterbox_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -72,5 +73,5 @@ def load_mask(path: Path, size: int) -> np.ndarray:
 
 def letterbox_stack(images: Sequence[np.ndarray], size: int) -> np.ndarray:
     """In-memory uint8 images (e.g. MNI slices) -> (N, 1, size, size) uint8 through the same letterbox."""
-    boxed = [to_uint8(letterbox_image(im.astype(np.float32) / 255.0, size)) for im in images]
+    boxed = [to_uint8(pipeline_model_input(im.astype(np.float32) / 255.0, size).image) for im in images]
     return np.stack(boxed)[:, None] if boxed else np.zeros((0, 1, size, size), dtype=np.uint8)

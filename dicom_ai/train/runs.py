@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,9 @@ class RunRequest:
     device: str = "auto"
     workers: int = 2
     resume: bool = False
+    # Tensors to start from (matched by name and shape): the shipped weights for a warm start, or the verified
+    # COCO YOLOv5n backbone for a detector. Ignored when a run resumes from its own checkpoint.
+    init_weights: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class RunOutcome:
     best_epoch: int | None
     train_seconds: float
     record: dict[str, Any]
+    operating_point: dict[str, Any] = field(default_factory=dict)
 
 
 def _start(source: TrainingSet, request: RunRequest, out: Path) -> GroupedSplit:
@@ -96,6 +100,25 @@ def _loop_settings(source: TrainingSet, request: RunRequest) -> dict[str, Any]:
                 seed=request.seed, max_steps_per_epoch=request.max_steps)
 
 
+def _initialised(module: Any, request: RunRequest, progress: Progress) -> Any:
+    """`module` with every tensor of `request.init_weights` whose name and shape match copied in."""
+    if request.init_weights is None:
+        return module
+    from safetensors.torch import load_file
+
+    import torch
+
+    source = load_file(str(request.init_weights))
+    target = module.state_dict()
+    matched = {k: v.to(target[k].dtype) for k, v in source.items() if k in target and target[k].shape == v.shape}
+    if not matched:
+        raise ValueError(f"no tensor of {request.init_weights} matches a {request.arch}")
+    with torch.no_grad():
+        module.load_state_dict(matched, strict=False)
+    progress(f"initialised {len(matched)} of {len(target)} tensors from {request.init_weights}")
+    return module
+
+
 def _loop_outcome(result: Any) -> dict[str, Any]:
     """A classifier or segmenter loop result as `RunOutcome` fields."""
     return dict(weights=result.weights_path, test=result.test.to_dict(), epochs=result.epochs,
@@ -112,7 +135,9 @@ def train_classifier_run(source: ClassificationSet, request: RunRequest, out: Pa
     split, data = _loaded(source, request, out, progress)
     config = ClassifierConfig(classes=source.classes, lr=request.lr or learning_rate_for(request.arch),
                               **_loop_settings(source, request))
-    result = train_classifier(config, data, lambda arch, n: build_classifier(arch, n, in_channels=1), out,
+    result = train_classifier(config, data,
+                              lambda arch, n: _initialised(build_classifier(arch, n, in_channels=1), request, progress),
+                              out,
                               pick_device(request.device), resume=request.resume, progress=progress)
     plot_classifier_run(result, out, f"{source.name} {request.arch}")
     return _finish(source, request, out, split, started, classes=config.classes, **_loop_outcome(result))
@@ -127,7 +152,9 @@ def train_segmenter_run(source: SegmentationSet, request: RunRequest, out: Path,
     started = time.monotonic()
     split, data = _loaded(source, request, out, progress)
     config = SegmenterConfig(lr=request.lr or 1e-3, **_loop_settings(source, request))
-    result = train_segmenter(config, data, lambda arch: build_segmenter(arch, in_channels=1, num_classes=1), out,
+    result = train_segmenter(config, data,
+                             lambda arch: _initialised(build_segmenter(arch, in_channels=1, num_classes=1), request,
+                                                       progress), out,
                              pick_device(request.device), resume=request.resume, progress=progress)
     plot_segmenter_run(result, data["test"], out, f"{source.name} {request.arch}")
     return _finish(source, request, out, split, started, classes=list(source.classes), **_loop_outcome(result))
@@ -146,14 +173,16 @@ def train_detector_run(source: DetectionSet, request: RunRequest, out: Path,
     config = DetectorConfig(
         name=source.name, arch=request.arch, class_names=list(source.classes), imgsz=request.input_size,
         max_epochs=request.epochs, budget_seconds=request.budget_seconds, batch_size=request.batch_size,
-        workers=request.workers, patience=request.patience, seed=request.seed, device=request.device)
+        workers=request.workers, patience=request.patience, seed=request.seed, device=request.device,
+        init_weights=str(request.init_weights) if request.init_weights else None)
     summary = train_detector(config, {k: source.subset(split.indices[k]) for k in SPLIT_NAMES},
                              lambda arch, n: build_detector(arch, n), out, resume=request.resume, progress=progress)
     plot_detector_run(summary, out, f"{source.name} {request.arch}")
     validation = validation_summary(out / "run")
     return _finish(source, request, out, split, started, classes=list(source.classes),
                    weights=Path(summary["weights"]), test=summary["test"], epochs=validation.get("epochs"),
-                   best_epoch=validation.get("best_epoch"), train_seconds=summary["train_seconds"])
+                   best_epoch=validation.get("best_epoch"), train_seconds=summary["train_seconds"],
+                   operating_point=summary.get("operating_point", {}))
 
 
 def train_run(source: TrainingSet, request: RunRequest, out: Path, progress: Progress = print) -> RunOutcome:

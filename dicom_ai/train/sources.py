@@ -36,6 +36,7 @@ from dicom_ai.train.datasets import (
     lgg_slices,
     mni_plane_slices,
     modality_items,
+    mri_region_items,
     read_manifest,
     xray_bodypart_items,
 )
@@ -53,7 +54,8 @@ if TYPE_CHECKING:
     from dicom_ai.train.segment import MaskedArrays
 
 DATASET_TASKS: dict[str, Task] = {
-    "modality": "classify", "xray_bodypart": "classify", "mri_planes": "classify", "lgg": "segment",
+    "modality": "classify", "xray_bodypart": "classify", "mri_planes": "classify", "mri_region": "classify",
+    "lgg": "segment",
     "brain_tumor_det": "detect", "fracatlas": "detect",
 }
 # Class order of the detectors' YOLO label files (class id = index).
@@ -197,6 +199,52 @@ class DetectionSet:
         return [self.items[i] for i in indices]
 
 
+@dataclass(frozen=True)
+class ReferencingClassificationSet(ClassificationSet):
+    """A classification set whose rows reference images of other named sets (mri_region's brain rows are `lgg/`
+    and `brain_tumor_det/` slices): each such row goes to the split its group has in that set, so nothing in a
+    validation or test split there trains here; the set's own groups are split among themselves."""
+
+    root: Path = Path()
+    referenced: tuple[str, ...] = ()
+
+    def split(self, seed: int, per_class_cap: int | None = None) -> GroupedSplit:
+        assigned: dict[str, str] = {}
+        for name in self.referenced:
+            other = named_set(name, self.root)
+            other_split = other.split(seed)
+            groups = ([s.patient for s in other.slices] if isinstance(other, SegmentationSet)
+                      else [i.group for i in other.items])  # type: ignore[union-attr]
+            for split_name, indices in other_split.indices.items():
+                for index in indices:
+                    assigned[_group_key(name, groups[index])] = split_name
+        indices: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
+        own = [k for k, item in enumerate(self.items) if item.group not in assigned]
+        for k, item in enumerate(self.items):
+            if item.group in assigned:
+                indices[assigned[item.group]].append(k)
+        if own:
+            own_split = grouped_split([self.keys[k] for k in own], [self.items[k].group for k in own],
+                                      [self.items[k].label for k in own], seed)
+            for split_name, chosen in own_split.indices.items():
+                indices[split_name].extend(own[i] for i in chosen)
+        if per_class_cap is not None:
+            from dicom_ai.train.splits import cap_per_class
+
+            labels = [i.label for i in self.items]
+            indices = {k: cap_per_class(v, labels, per_class_cap) for k, v in indices.items()}
+        split = described_split(indices, self.keys, [i.group for i in self.items], seed)  # type: ignore[arg-type]
+        split.record["aligned_with"] = list(self.referenced)
+        return split
+
+
+def _group_key(dataset: str, group: str) -> str:
+    """How mri_region's manifest names a group of `dataset` (`lgg/<patient>`, `figshare/<block>`)."""
+    if dataset == "lgg":
+        return group if group.startswith("lgg/") else f"lgg/{group}"
+    return group
+
+
 TrainingSet = ClassificationSet | SegmentationSet | DetectionSet
 
 
@@ -210,6 +258,10 @@ def named_set(name: str, root: Path) -> TrainingSet:
     if name == "mri_planes":
         planes = mni_plane_slices(root)
         return ClassificationSet(name, planes, [f"{s.group}/{k}" for k, s in enumerate(planes)], licence, location)
+    if name == "mri_region":
+        items = mri_region_items(root)
+        return ReferencingClassificationSet(name, items, [item_key(root, i.path) for i in items], licence, location,
+                                            root=root, referenced=("lgg", "brain_tumor_det"))
     if name in ("modality", "xray_bodypart"):
         items = modality_items(root) if name == "modality" else xray_bodypart_items(root)
         return ClassificationSet(name, items, [item_key(root, i.path) for i in items], licence, location)
