@@ -397,27 +397,54 @@ def _series_summary(series: Any) -> dict[str, Any]:
 
 
 def models_status(settings: Settings, registry: ModelRegistry | None = None) -> dict[str, Any]:
-    """What `dicom-ai status` and start-up show under "models": each manifest entry with its verified state.
+    """What `dicom-ai status` and start-up show under "models": every node of the routing tree with its model's
+    verified state, and one count of the models the tree uses.
 
     `registry`: the running handler's ModelRegistry, whose checksums then need not be computed again.
 
-    Keys: `available` (bool: can studies be analysed at all), `detail` (one line for the operator) and `models`
-    (a list of {name, version, state, detail}: available / missing-weights / checksum-mismatch / invalid).
+    Keys: `available` (bool: can studies be analysed at all), `detail` (one line for the operator), `models` (a
+    list of {name, version, state, detail, used_by}: every model the tree uses, then manifest entries it does not
+    use; state available / below-minimum / missing-weights / checksum-mismatch / invalid) and `tree` (a list of
+    {node, role, model, state}: each node's classifier and each route's detectors and segmenters, in tree order).
     """
     if settings.queue.handler:
         return {"available": True, "detail": f"jobs run the handler {settings.queue.handler} (queue.handler)"}
     if not settings.pipeline.enabled:
         return {"available": False, "detail": "pipeline.enabled = false: studies are stored, not analysed"}
+    from dicom_ai.pipeline.routing import RoutingError, load_routing
+
     if registry is None:
         from dicom_ai.models.registry import ModelRegistry  # torch: only for the commands that report models
 
         registry = ModelRegistry(settings.pipeline.models_dir, device="cpu",
                                  enabled_below_minimum=settings.pipeline.enable_models_below_minimum)
-    rows = [{"name": s.name, "version": s.spec.version if s.spec else None, "state": s.state, "detail": s.message}
-            for s in registry.status()]
-    usable = [row for row in rows if row["state"] == "available"]
-    missing = [f"{row['name']} ({row['state']})" for row in rows if row["state"] != "available"]
-    detail = f"{len(usable)} of {len(rows)} model(s) available in {settings.pipeline.models_dir}"
-    if missing:
-        detail += "; not usable (their nodes decide on the header or record 'model unavailable'): " + ", ".join(missing)
-    return {"available": bool(usable), "detail": detail, "models": rows}
+    try:
+        routing = load_routing(settings.pipeline.resolved_routing_file)
+    except RoutingError as exc:
+        return {"available": False, "detail": f"the routing tree cannot be read: {exc}", "models": [], "tree": []}
+    tree: list[dict[str, Any]] = []
+    for node in routing.nodes.values():
+        if node.model:
+            tree.append({"node": node.name, "role": "classifier", "model": node.model})
+        for label, route in node.routes.items():
+            tree += [{"node": f"{node.name}={label}", "role": "detector", "model": m} for m in route.detect]
+            tree += [{"node": f"{node.name}={label}", "role": "segmenter", "model": m} for m in route.segment]
+    states = {s.name: s for s in registry.status()}
+    used = list(dict.fromkeys(row["model"] for row in tree))
+
+    def row(name: str) -> dict[str, Any]:
+        status = states.get(name)
+        state = status.state if status else "invalid"
+        detail = status.message if status else f"not in {settings.pipeline.models_dir / 'manifest.toml'}"
+        return {"name": name, "version": status.spec.version if status and status.spec else None, "state": state,
+                "detail": detail, "used_by": [r["node"] for r in tree if r["model"] == name]}
+
+    rows = [row(name) for name in used] + [row(name) for name in sorted(set(states) - set(used))]
+    for entry in tree:
+        entry["state"] = next(r["state"] for r in rows if r["name"] == entry["model"])
+    usable = [r for r in rows[:len(used)] if r["state"] == "available"]
+    detail = f"{len(usable)} of the {len(used)} model(s) the routing tree uses are usable ({settings.pipeline.models_dir})"
+    others = [f"{r['name']} ({r['state']}: {r['detail']})" for r in rows[:len(used)] if r["state"] != "available"]
+    if others:
+        detail += "; not used, their nodes decide on the header or record why: " + "; ".join(others)
+    return {"available": bool(usable), "detail": detail, "models": rows, "tree": tree}

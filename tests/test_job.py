@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -11,7 +13,8 @@ import pytest
 
 from dicom_ai.config import ConfigError, load_settings
 from dicom_ai.job import AheadControl, AnalyseStudy, StudyJob, build_study_handler, load_handler, models_status
-from dicom_ai.models.manifest import ModelSpec, upsert_model_spec
+from dicom_ai.models.manifest import ModelSpec, read_manifest, upsert_model_spec
+from dicom_ai.pipeline.routing import load_routing
 from dicom_ai.store.database import Database
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.records import JobState, ReceivedInstance
@@ -53,16 +56,41 @@ def test_the_pipeline_handler_warms_up_its_routed_models_and_audits_them(databas
     assert len(events(database, "models.ready")) == 1
 
 
-def test_models_status_lists_every_manifest_entry_with_its_state(tmp_path: Path) -> None:
+def test_models_status_lists_every_node_of_the_routing_tree_with_its_models_state(tmp_path: Path) -> None:
     models_dir = tmp_path / "models"
     upsert_model_spec(models_dir, ModelSpec("modality", "classify", "resnet18", ("CT", "MR"), 64, 1, 0.5, 0.25,
                                             "modality/weights.safetensors", "0" * 64, "1"))
+    shutil.copyfile(Path("models/routing.toml"), models_dir / "routing.toml")
     status = models_status(load_settings(None, environ={"DICOM_AI_PIPELINE__MODELS_DIR": str(models_dir)}))
+    routed = load_routing(models_dir / "routing.toml").model_names()
     assert status["available"] is False
-    assert [(row["name"], row["state"]) for row in status["models"]] == [("modality", "missing-weights")]
-    assert "modality (missing-weights)" in status["detail"]
+    assert {row["name"] for row in status["models"]} == routed  # one count: what the tree uses
+    states = {row["name"]: row["state"] for row in status["models"]}
+    assert states.pop("modality") == "missing-weights" and set(states.values()) == {"invalid"}
+    assert f"0 of the {len(routed)} model(s) the routing tree uses are usable" in status["detail"]
+    assert "modality (missing-weights" in status["detail"] and "mri_region (invalid: not in" in status["detail"]
+    tree = {(row["node"], row["role"], row["model"]) for row in status["tree"]}
+    assert ("modality", "classifier", "modality") in tree and ("mri_region=brain", "segmenter", "lgg") in tree
     disabled = models_status(load_settings(None, environ={"DICOM_AI_PIPELINE__ENABLED": "false"}))
     assert disabled["available"] is False and "pipeline.enabled" in disabled["detail"]
+
+
+def test_a_model_below_its_minimum_is_reported_disabled_unless_the_config_enables_it(tmp_path: Path) -> None:
+    models_dir = tmp_path / "models"
+    shutil.copytree(Path("models"), models_dir)
+    spec = read_manifest(models_dir)["fracatlas"]
+    upsert_model_spec(models_dir, dataclasses.replace(spec, metrics={**spec.metrics, "mAP50": 0.05},
+                                                      minimum={"mAP50": 0.35}))
+    environ = {"DICOM_AI_PIPELINE__MODELS_DIR": str(models_dir)}
+    status = models_status(load_settings(None, environ=environ))
+    [row] = [r for r in status["models"] if r["name"] == "fracatlas"]
+    assert row["state"] == "below-minimum" and "mAP50 0.050 < 0.35" in row["detail"]
+    assert "fracatlas (below-minimum" in status["detail"]
+    config = tmp_path / "config.toml"
+    config.write_text(f'[pipeline]\nmodels_dir = "{models_dir}"\nenable_models_below_minimum = ["fracatlas"]\n')
+    enabled = models_status(load_settings(config, environ={}))
+    [row] = [r for r in enabled["models"] if r["name"] == "fracatlas"]
+    assert row["state"] == "available" and "enabled by the config below its minimum" in row["detail"]
 
 
 def test_handler_hook_loads_a_dotted_path_and_names_the_key_on_error() -> None:

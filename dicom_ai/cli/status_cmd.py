@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 from sqlalchemy.engine import make_url
 
@@ -110,7 +111,12 @@ def _print_status(snapshot: NodeStatus, configured: dict[str, Any], models: dict
         console.print(f"Listener: {listener.ae_title} on {listener.bind}:{listener.port}"
                       f"{' (TLS)' if listener.tls else ''} - {state}")
     console.print(f"Models: {'[green]available[/]' if models.get('available') else '[red]unavailable[/]'} - "
-                  f"{models.get('detail', '')}")
+                  f"{escape(str(models.get('detail', '')))}")
+    if models.get("tree"):
+        table = _table("node", "role", "model", "state", title="Routing tree")
+        for row in models["tree"]:
+            table.add_row(escape(row["node"]), row["role"], escape(row["model"]), escape(row["state"]))
+        console.print(table)
     console.print(f"Queue depth: {snapshot.queue_depth}   jobs: "
                   + ", ".join(f"{k} {v}" for k, v in snapshot.jobs_by_state.items())
                   + "   studies: " + ", ".join(f"{k} {v}" for k, v in snapshot.studies_by_state.items()))

@@ -63,8 +63,46 @@ def display_pixels(image: Dataset, frame_number: int) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
+def banner_lines(sources: SeriesSources, plan: SegmentPlan, uid: str, frame_number: int) -> list[str]:
+    """What the key image says in words: that it is AI output, each finding with its class and best score (this
+    frame's first), every header/pixel disagreement of the route, and each model the route asked for that did not
+    run, with why."""
+    findings = sources.findings
+    best: dict[str, float] = {}
+    for detection in findings.detections:
+        best[detection.label] = max(best.get(detection.label, 0.0), detection.score)
+    shown = [f"{label} {score:.2f}" for label, score in sorted(best.items(), key=lambda item: -item[1])]
+    shown += [f"{s.label} (segmented)" for s in plan.segments.values()
+              if any(f.pixel_count for f in s.frames)]
+    lines = [BANNER, "Findings: " + ("; ".join(shown) if shown else "none")]
+    for decision in findings.route:
+        if decision.disagreement:
+            lines.append(f"FLAG {decision.node}: header and pixels disagree; {decision.message}")
+    lines += [f"Not run: {s.name} ({s.reason})" for s in findings.skipped_models]
+    return lines
+
+
+def _wrapped(lines: list[str], font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> list[str]:
+    """Each line broken at spaces so that it fits `width` pixels (a word longer than the width is cut)."""
+    out: list[str] = []
+    for line in lines:
+        current = ""
+        for word in line.split(" "):
+            candidate = f"{current} {word}" if current else word
+            if current and font.getlength(candidate) > width:
+                out.append(current)
+                current = word
+            else:
+                current = candidate
+        while font.getlength(current) > width and len(current) > 1:
+            current = current[:-1]
+        out.append(current)
+    return out
+
+
 def render_overlay(sources: SeriesSources, plan: SegmentPlan, key: KeyFrame) -> np.ndarray:
-    """RGB pixels of the key frame with masks (segment colours), boxes and the AI banner burned in."""
+    """RGB pixels of the key frame at the source's resolution with masks (segment colours), boxes labelled with
+    class and score, and the AI banner (wrapped to the image width) burned in."""
     grey = display_pixels(key.image, key.frame_number)
     rgb = np.repeat(grey[:, :, None], 3, axis=2).astype(np.float64)
     uid = str(key.image.SOPInstanceUID)
@@ -76,19 +114,28 @@ def render_overlay(sources: SeriesSources, plan: SegmentPlan, key: KeyFrame) -> 
                 rgb[mask] = (1 - MASK_OPACITY) * rgb[mask] + MASK_OPACITY * colour
     canvas = Image.fromarray(rgb.round().astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(canvas)
-    size = max(10, min(canvas.size) // 28)
+    columns, rows = canvas.size
+    size = max(11, min(columns, rows) // 32)
     font = ImageFont.truetype(str(FONT), size) if FONT.is_file() else ImageFont.load_default()
-    width = max(1, min(canvas.size) // 256)
+    line_height = size + 3
+    lines = _wrapped(banner_lines(sources, plan, uid, key.frame_number), font, columns - 6)
+    banner_bottom = min(rows, len(lines) * line_height + 4)
+    width = max(1, min(columns, rows) // 256)
     for detection in sources.findings.detections:
         if detection.sop_instance_uid == uid and detection.frame_number == key.frame_number:
             x0, y0, x1, y1 = detection.box
             draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=BOX_COLOUR, width=width)
-            draw.text((x0, max(0, y0 - size - 2)), f"{detection.label} {detection.score:.2f}", fill=BOX_COLOUR,
-                      font=font)
-    labels = sorted({s.label for s in plan.segments.values()} | {d.label for d in sources.findings.detections})
-    banner = BANNER + (f": {', '.join(labels)}" if labels else ": no finding")
-    draw.rectangle([0, 0, canvas.size[0], size + 6], fill=(0, 0, 0))
-    draw.text((3, 2), banner, fill=(255, 64, 64), font=font)
+            label = f"{detection.label} {detection.score:.2f}"
+            text_width = font.getlength(label)
+            # above the box when there is room below the banner, else inside its top edge; never off the image
+            y = y0 - line_height if y0 - line_height >= banner_bottom else max(banner_bottom, y0 + width)
+            x = min(max(0.0, x0), max(0.0, columns - text_width - 2))
+            draw.rectangle([x, y, x + text_width + 2, y + line_height - 1], fill=(0, 0, 0))
+            draw.text((x + 1, y + 1), label, fill=BOX_COLOUR, font=font)
+    draw.rectangle([0, 0, columns, banner_bottom], fill=(0, 0, 0))
+    for index, line in enumerate(lines):
+        draw.text((3, 2 + index * line_height), line, fill=(255, 64, 64) if index == 0 else (255, 255, 255),
+                  font=font)
     return np.asarray(canvas)
 
 

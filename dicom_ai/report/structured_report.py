@@ -27,6 +27,7 @@ from dicom_ai.report.sources import SeriesSources
 
 EVIDENCE = Code("EVIDENCE", codes.LOCAL_SCHEME, "Evidence")
 OUTCOME = Code("OUTCOME", codes.LOCAL_SCHEME, "Routing outcome")
+NOT_RUN = Code("NOTRUN", codes.LOCAL_SCHEME, "Model not run")
 
 
 def _observation_context() -> hd.sr.ObservationContext:
@@ -72,10 +73,17 @@ def _route_evaluation(decision: RouteDecision) -> hd.sr.QualitativeEvaluation:
 
 
 def _routing_group(sources: SeriesSources) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The route decisions; the first (root) one also says which detector or segmenter the route asked for but
+    did not run, and why (e.g. disabled below its minimum test metric)."""
     series = sources.findings.series_instance_uid
+    evaluations = [_route_evaluation(d) for d in sources.findings.route]
+    if evaluations:
+        evaluations[0][0].ContentSequence.extend(
+            _text(NOT_RUN, f"{skipped.name} ({skipped.task}): {skipped.reason}")
+            for skipped in sources.findings.skipped_models)
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid("route", series), identifier="Routing"),
-        qualitative_evaluations=[_route_evaluation(d) for d in sources.findings.route])
+        qualitative_evaluations=evaluations)
 
 
 def _box_group(sources: SeriesSources, detection: Detection, index: int) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
@@ -90,7 +98,7 @@ def _box_group(sources: SeriesSources, detection: Detection, index: int) -> hd.s
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derived_uid("box", detection.sop_instance_uid, str(detection.frame_number), str(index),
                             detection.model.version),
-            identifier=f"AI {detection.label} {index}"[:64]),
+            identifier=f"AI {detection.label} {detection.score:.2f} #{index}"[:64]),
         referenced_region=region, finding_type=codes.finding_concept(detection.label).concept,
         algorithm_id=_algorithm(detection.model),
         measurements=[hd.sr.Measurement(name=codes.PROBABILITY, value=round(float(detection.score), 6),
