@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from dicom_ai.cli.app import app
+from dicom_ai.cli.app import app, exit_2_on
 
 train_app = typer.Typer(help="Train the pipeline's models on open data (see docs/RESULTS.md).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
@@ -43,6 +43,34 @@ def pack_data(
     from dicom_ai.train.pack import main as pack_main
 
     raise typer.Exit(pack_main(["--source", str(source), "--dest", str(dest)]))
+
+
+@train_app.command("install-run")
+def install_run(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run folder of `dicom-ai train classify|segment|detect`.")],
+    name: Annotated[str, typer.Option("--name", help="Manifest name, e.g. mri_region.")],
+    models: Annotated[Path, typer.Option("--models", help="The models folder to install into.")] = Path("models"),
+    version: Annotated[Optional[str], typer.Option("--version", help="Version (default run-YYYYMMDD-HHMM).")] = None,
+    note: Annotated[Optional[list[str]], typer.Option("--note", help="A line for the card's Notes (repeatable): "
+                                                      "how the data was prepared, what the model must not see.")] = None,
+) -> None:
+    """Install a finished single-model run: weights (fp16 safetensors or the detector's .pt), MODEL_CARD.md, and
+    the manifest entry with its test metrics, operating point and quality gate; then load it back."""
+    import dataclasses
+    import time
+
+    from dicom_ai.train.install import InstallError, install_model, verify_installed
+    from dicom_ai.train.runs import finished_run, run_card
+
+    with exit_2_on(InstallError, FileNotFoundError, KeyError):
+        outcome = finished_run(run_dir)
+        card = run_card(outcome, name, version or time.strftime("run-%Y%m%d-%H%M"))
+        card = dataclasses.replace(card, notes=(*card.notes, *(note or ())))
+        spec = install_model(models, card, outcome.weights)
+        verify_installed(models, name)
+    typer.echo(f"installed {spec.name}: {spec.task} {spec.architecture} {spec.input_size}px, test "
+               + ", ".join(f"{k} {v:.4f}" for k, v in spec.metrics.items())
+               + (f"; below its minimum: {'; '.join(spec.below_minimum())}" if spec.below_minimum() else ""))
 
 
 @train_app.command("install")

@@ -14,6 +14,14 @@ from dicom_ai.train.classify import INPUT_MEAN, INPUT_STD
 from dicom_ai.train.model_card import ModelCard, render_card
 
 CARD_NAME = "MODEL_CARD.md"
+# The quality gate of each named set's model: the lowest test metric at which the node uses it by default. Below
+# it the model's output would mislead more than it helps (a fracture detector at mAP50 0.05 draws boxes that are
+# nearly all wrong), so it ships disabled until an operator enables it (pipeline.enable_models_below_minimum).
+MINIMUMS: dict[str, dict[str, float]] = {
+    "modality": {"accuracy": 0.95}, "xray_bodypart": {"accuracy": 0.90}, "mri_planes": {"accuracy": 0.90},
+    "mri_region": {"accuracy": 0.95}, "brain_tumor_det": {"mAP50": 0.60}, "fracatlas": {"mAP50": 0.30},
+    "lgg": {"volume_dice": 0.60},
+}
 
 
 class InstallError(ValueError):
@@ -29,7 +37,9 @@ def _spec(models_dir: Path, card: ModelCard, weights_name: str) -> ModelSpec:
         # ultralytics takes [0, 1] RGB as it is; the others were trained on (x - 0.5) / 0.25
         mean=0.0 if detect else INPUT_MEAN, std=1.0 if detect else INPUT_STD,
         weights=f"{card.name}/{weights_name}", sha256="0" * 64, version=card.version, trained_on=card.trained_on,
-        metrics=card.headline, card=f"{card.name}/{CARD_NAME}")
+        metrics=card.headline, card=f"{card.name}/{CARD_NAME}",
+        operating_point={k: v for k, v in card.operating_point.items() if k in ("confidence", "threshold")},
+        minimum=dict(card.minimum))
 
 
 def _export_state_dict(state_path: Path, card: ModelCard, target: Path) -> None:
@@ -71,7 +81,8 @@ def install_model(models_dir: Path, card: ModelCard, weights: Path) -> ModelSpec
 
 
 def verify_installed(models_dir: Path, name: str) -> ModelSpec:
-    """Load the installed model through a fresh `ModelRegistry` on the CPU (raises `ModelUnavailable`)."""
+    """Load the installed model through a fresh `ModelRegistry` on the CPU (raises `ModelUnavailable`); a model
+    below its minimum is loaded too (enabled for this check only): installing it is not using it."""
     from dicom_ai.models.registry import ModelRegistry
 
-    return ModelRegistry(models_dir, device="cpu").load(name).spec
+    return ModelRegistry(models_dir, device="cpu", enabled_below_minimum=[name]).load(name).spec

@@ -4,7 +4,7 @@ split, where and for how long it trained, its test metrics and, for a plan run, 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dicom_ai.models.manifest import Task
@@ -51,6 +51,9 @@ class ModelCard:
     selection: str = ""
     candidates: Sequence[Candidate] = ()
     cap: int | None = None  # items per split (per class) the run was limited to; evaluate needs it for the same split
+    operating_point: Mapping[str, Any] = field(default_factory=dict)  # detector confidence chosen on validation
+    minimum: Mapping[str, float] = field(default_factory=dict)  # the quality gate (see dicom_ai.train.install)
+    notes: Sequence[str] = ()  # e.g. what the weights were initialised from, with its licence
 
     @property
     def headline(self) -> dict[str, float]:
@@ -80,11 +83,13 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 
 def _input_line(card: ModelCard) -> str:
+    standardised = ("grey image standardised (0.5–99.5 percentile stretch: the same input whatever the storage, "
+                    "`pixels.model_input`)")
     if card.task == "detect":
-        return (f"grey image letterboxed to {card.input_size} × {card.input_size}, in [0, 1], repeated to 3 channels "
-                "(ultralytics' own input)")
-    return (f"grey image letterboxed to {card.input_size} × {card.input_size}, scaled to [0, 1], "
-            "normalised (x − 0.5) / 0.25 (the pipeline's preprocessing)")
+        return (f"{standardised}, letterboxed to {card.input_size} × {card.input_size} on grey 114/255, in [0, 1], "
+                "repeated to 3 channels (ultralytics' own input)")
+    return (f"{standardised}, letterboxed to {card.input_size} × {card.input_size}, "
+            "normalised (x − 0.5) / 0.25")
 
 
 def _classification_details(test: Mapping[str, Any]) -> list[str]:
@@ -144,6 +149,20 @@ def render_card(card: ModelCard) -> str:
     if card.task == "classify":
         lines += _classification_details(card.test)
     lines += _candidates(card)
+    if card.operating_point:
+        point = dict(card.operating_point)
+        rule = point.pop("rule", "")
+        lines += ["", "## Operating point", "", f"- {', '.join(f'{k} {_number(v)}' for k, v in point.items())}"
+                  + (f" ({rule})" if rule else "")]
+    if card.minimum:
+        failures = [f"{k} {_number(card.headline.get(k))} < {v:g}" for k, v in card.minimum.items()
+                    if card.headline.get(k) is None or card.headline[k] < v]
+        lines += ["", "## Quality gate", "",
+                  f"- Minimum test metric: {', '.join(f'{k} {v:g}' for k, v in card.minimum.items())}: "
+                  + (f"**not met** ({'; '.join(failures)}): the node ships this model disabled; "
+                     "`pipeline.enable_models_below_minimum` enables it." if failures else "met.")]
+    if card.notes:
+        lines += ["", "## Notes", "", *(f"- {note}" for note in card.notes)]
     if card.dataset in DATASET_TASKS:
         lines += ["", f"Re-score: `dicom-ai evaluate {card.name} --models-dir <models> --dataset {card.dataset} "
                       f"--data <shared/data> --seed {card.seed}" + (f" --max-items {card.cap}" if card.cap else "")

@@ -18,6 +18,7 @@ from typing import Any
 
 from dicom_ai.models.manifest import Task
 from dicom_ai.train.loop import pick_device, write_json
+from dicom_ai.train.install import MINIMUMS
 from dicom_ai.train.model_card import ModelCard
 from dicom_ai.train.provenance import describe_machine, machine
 from dicom_ai.train.sources import ClassificationSet, DetectionSet, SegmentationSet, TrainingSet
@@ -194,6 +195,44 @@ def train_run(source: TrainingSet, request: RunRequest, out: Path, progress: Pro
     return train_detector_run(source, request, out, progress)
 
 
+def _init_notes(init_weights: Any) -> tuple[str, ...]:
+    if not init_weights:
+        return ("Initialised from random weights (no pretrained weights are available offline).",)
+    note = f"Initialised from `{Path(str(init_weights)).name}` (tensors matched by name and shape), then trained."
+    if "yolov5n_coco" in str(init_weights):
+        note += (" That file is Ultralytics' YOLOv5n COCO release (GPL-3.0 at release, trained on COCO under COCO's "
+                 "terms; see shared/pretrained/README.md): these weights derive from it.")
+    return (note,)
+
+
+def finished_run(out_dir: Path) -> RunOutcome:
+    """A finished run folder (`run.json`, `metrics.json`, `config.json`) read back as its `RunOutcome`, to install
+    it later (`dicom-ai train install-run`); FileNotFoundError names what is missing."""
+    import json
+
+    def read(name: str) -> dict[str, Any]:
+        path = out_dir / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {out_dir} is not a finished run folder")
+        return json.loads(path.read_text())
+
+    record, metrics, config = read("run.json"), read("metrics.json"), read("config.json")
+    task = record["task"]
+    if task == "detect":
+        from dicom_ai.train.detect import validation_summary
+
+        validation = validation_summary(out_dir / "run")
+        weights, epochs, best_epoch = Path(metrics["weights"]), validation.get("epochs"), validation.get("best_epoch")
+        classes = list(config["class_names"])
+    else:
+        weights, epochs, best_epoch = out_dir / "best_state.pt", metrics.get("epochs"), metrics.get("best_epoch")
+        classes = list(config.get("classes") or ["tumour"])
+    return RunOutcome(out_dir=out_dir, task=task, arch=record["request"]["arch"], classes=classes,
+                      input_size=record["request"]["input_size"], weights=weights, test=metrics["test"],
+                      epochs=epochs, best_epoch=best_epoch, train_seconds=metrics["train_seconds"], record=record,
+                      operating_point=metrics.get("operating_point", {}))
+
+
 def run_card(outcome: RunOutcome, name: str, version: str) -> ModelCard:
     """The model card of a finished single run, installed as `name`."""
     record = outcome.record
@@ -205,4 +244,6 @@ def run_card(outcome: RunOutcome, name: str, version: str) -> ModelCard:
         trained_by=f"`dicom-ai train {outcome.task}`, run folder {outcome.out_dir}",
         machine=describe_machine(record["machine"]), train_seconds=outcome.train_seconds,
         wall_seconds=record["wall_seconds"], epochs=outcome.epochs, best_epoch=outcome.best_epoch,
-        test=outcome.test, cap=record["request"]["max_items"])
+        test=outcome.test, cap=record["request"]["max_items"], operating_point=outcome.operating_point,
+        minimum=MINIMUMS.get(record["dataset"], {}),
+        notes=_init_notes(record["request"].get("init_weights")))
