@@ -144,3 +144,46 @@ def test_bad_input_is_a_usage_error_naming_the_problem(tmp_path: Path, arguments
     result = runner.invoke(app, [a.format(tmp=tmp_path) for a in arguments])
     assert result.exit_code == 2, result.output
     assert message in re.sub(r"[\s│]+", " ", result.output)  # rich wraps the message in a box
+
+
+PRETRAINED = DATA.parent / "pretrained" / "yolov5n_coco_v6.1.safetensors"
+
+
+@pytest.mark.skipif(not PRETRAINED.is_file(), reason="shared/pretrained not present")
+def test_detect_starts_from_the_coco_backbone_on_standardised_copies_and_picks_an_operating_point(
+        tmp_path: Path) -> None:
+    data, run, models = yolo_folder(tmp_path / "det"), tmp_path / "run", tmp_path / "models"
+    output = invoke("train", "detect", "--folder", data, "--out", run, "--arch", "yolov5n", "--input-size", 64,
+                    "--epochs", 1, "--batch", 4, "--workers", 0, "--device", "cpu", "--init", PRETRAINED)
+    assert "342 tensors initialised" in output and "operating point: confidence" in output
+    staged = sorted((run / "staged" / "train" / "images").glob("*.png"))
+    assert staged, "training reads standardised copies, not the source files"
+    pixels = np.asarray(Image.open(staged[0]))
+    assert pixels.ndim == 2 and np.percentile(pixels, 0.5) <= 1 and np.percentile(pixels, 99.5) >= 254
+    output = invoke("train", "install-run", run, "--name", "squares", "--models", models, "--version", "t2",
+                    "--note", "toy squares")
+    spec = read_manifest(models)["squares"]
+    assert 0.0 <= spec.operating_point["confidence"] <= 1.0 and spec.minimum == {}
+    card = (models / "squares" / "MODEL_CARD.md").read_text()
+    assert "## Operating point" in card and "highest mean F1 on the validation split" in card
+    assert "YOLOv5n COCO release (GPL-3.0" in card and "- toy squares" in card
+
+
+def test_install_run_gates_a_model_below_its_minimum_and_warm_starts_from_it(tmp_path: Path) -> None:
+    data, run, models = class_folders(tmp_path / "data"), tmp_path / "run", tmp_path / "models"
+    common = ["--folder", data, "--arch", "resnet18", "--input-size", 32, "--batch", 8, "--max-steps", 2,
+              "--device", "cpu", "--epochs", 1]
+    invoke("train", "classify", *common, "--out", run)
+    record = json.loads((run / "run.json").read_text())
+    record["dataset"] = "modality"  # the named set's quality gate (accuracy 0.95) applies to this toy run
+    (run / "run.json").write_text(json.dumps(record))
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["test"]["accuracy"] = 0.5
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    output = invoke("train", "install-run", run, "--name", "toy", "--models", models)
+    assert "below its minimum: accuracy 0.500 < 0.95" in output
+    assert "**not met**" in (models / "toy" / "MODEL_CARD.md").read_text()
+    assert ModelRegistry(models, device="cpu").status()[0].state == "below-minimum"
+    warm = invoke("train", "classify", *common, "--out", tmp_path / "warm", "--init",
+                  models / "toy" / "weights.safetensors")
+    assert re.search(r"initialised (\d+) of \1 tensors", warm)

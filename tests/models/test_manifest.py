@@ -73,3 +73,25 @@ def test_unreadable_toml_is_a_manifest_error(tmp_path: Path) -> None:
     (tmp_path / MANIFEST_NAME).write_text("[models.lgg\n")
     with pytest.raises(ManifestError, match="not readable TOML"):
         read_manifest(tmp_path)
+
+
+def test_operating_point_and_minimum_round_trip_and_gate_the_model(tmp_path: Path) -> None:
+    gated = spec("lgg", metrics={"volume_dice": 0.55}, minimum={"volume_dice": 0.6, "dice": 0.5},
+                 operating_point={"threshold": 0.4, "rule": "best volume Dice on validation"})
+    upsert_model_spec(tmp_path, gated)
+    assert read_manifest(tmp_path)["lgg"] == gated
+    text = (tmp_path / MANIFEST_NAME).read_text()
+    assert "[models.lgg.operating_point]" in text and "[models.lgg.minimum]" in text
+    assert gated.below_minimum() == ["dice not measured (minimum 0.5)", "volume_dice 0.550 < 0.6"]
+    assert gated.operating_value("threshold", 0.5) == 0.4 and gated.operating_value("confidence", 0.25) == 0.25
+    assert spec("lgg", metrics={"volume_dice": 0.7}, minimum={"volume_dice": 0.6}).below_minimum() == []
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"operating_point": {"confidence": 1.5}}, "operating_point.confidence"),
+    ({"operating_point": {"threshold": True}}, "operating_point.threshold"),
+    ({"minimum": {"dice": "high"}}, "minimum must map"),
+])
+def test_bad_operating_points_and_minimums_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ManifestError, match=message):
+        spec(**changes)

@@ -100,14 +100,40 @@ def test_series_is_in_slice_order_and_detections_are_in_source_pixels(mr_finding
     json.loads(mr_findings.to_json())
 
 
-def test_header_and_pixels_disagree(mr_datasets, registry, routing) -> None:
+def test_a_specific_header_decides_and_a_confident_classifier_that_disagrees_is_flagged(mr_datasets, registry,
+                                                                                       routing) -> None:
     mislabelled = [copy.deepcopy(ds) for ds in mr_datasets[:3]]
     for ds in mislabelled:
         ds.Modality = "CT"
     [series] = run_study(mislabelled, registry, routing).series
     modality = series.decision("modality")
-    assert modality.disagreement and modality.label == "MR" and modality.decided_by == "classifier"
+    assert modality.disagreement and modality.label == "CT" and modality.decided_by == "header"
     assert {e.source: e.label for e in modality.evidence} == {"header": "CT", "classifier": "MR"}
+    generic = [copy.deepcopy(ds) for ds in mr_datasets[:3]]
+    for ds in generic:
+        ds.Modality = "OT"  # a secondary capture's generic Modality: the classifier decides
+    [series] = run_study(generic, registry, routing).series
+    modality = series.decision("modality")
+    assert (modality.label, modality.decided_by, modality.disagreement) == ("MR", "classifier", False)
+
+
+def test_detectors_keep_boxes_from_their_manifest_operating_point(mr_datasets, models_dir: Path, routing,
+                                                                  tmp_path: Path) -> None:
+    import dataclasses
+    import shutil
+
+    from dicom_ai.models.manifest import read_manifest, upsert_model_spec
+    from dicom_ai.models.registry import ModelRegistry
+
+    copied = tmp_path / "models"
+    shutil.copytree(models_dir, copied)
+    spec = read_manifest(copied)["brain_tumor_det"]
+    upsert_model_spec(copied, dataclasses.replace(spec, operating_point={"confidence": 1e-6}))
+    registry = ModelRegistry(copied, device="cpu")
+    [low] = run_study(mr_datasets[:2], registry, routing).series  # the untrained detector's scores are tiny
+    assert low.detections and min(d.score for d in low.detections) >= 1e-6
+    [strict] = run_study(mr_datasets[:2], registry, routing, detection_confidence=0.5).series
+    assert all(d.score >= 0.5 for d in strict.detections) and len(strict.detections) < len(low.detections)
 
 
 def test_undecodable_instance_is_an_error_and_the_rest_runs(mr_datasets, registry, routing) -> None:

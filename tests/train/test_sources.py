@@ -134,3 +134,26 @@ def test_dicom_files_in_patient_folders_are_decoded_by_the_pipeline_and_grouped(
     assert sorted({i.group for i in source.items}) == ["CT/p1", "CT/p2", "MR/p1", "MR/p2"]
     images = source.images(range(4), 32)
     assert images.shape == (4, 1, 32, 32) and all(int(image.max()) > int(image.min()) for image in images)
+
+
+@needs_data
+def test_mri_region_brain_rows_take_the_split_their_patient_or_block_has_in_lgg_and_brain_tumor_det() -> None:
+    from dicom_ai.train.sources import named_set
+
+    region = named_set("mri_region", DATA)
+    split = region.split(0)
+    lgg, figshare = named_set("lgg", DATA), named_set("brain_tumor_det", DATA)
+    lgg_split, figshare_split = lgg.split(0), figshare.split(0)
+    where = {f"lgg/{lgg.slices[i].patient}": name for name, ids in lgg_split.indices.items() for i in ids}
+    where |= {figshare.items[i].group: name for name, ids in figshare_split.indices.items() for i in ids}
+    checked = 0
+    for name, ids in split.indices.items():
+        for i in ids:
+            item = region.items[i]
+            if item.label == "brain":
+                assert where[item.group] == name, (item.path, item.group)
+                checked += 1
+    assert checked == sum(1 for item in region.items if item.label == "brain") > 500
+    groups = {name: {region.items[i].group for i in ids} for name, ids in split.indices.items()}
+    assert not groups["train"] & groups["test"] and not groups["val"] & groups["test"]
+    assert {region.items[i].label for i in split.indices["test"]} == {"brain", "other"}
