@@ -72,11 +72,17 @@ def decode_series(series: Series) -> tuple[list[SourceFrame], list[InstanceError
     return frames, errors
 
 
+# The outer tenth of a volume at each end is left out: its first and last slices (above the vertex, below the
+# skull base) hold little anatomy and misled the region classifier on whole-brain series.
+EDGE_FRACTION = 0.1
+
+
 def representative(frames: Sequence[SourceFrame], count: int) -> list[SourceFrame]:
-    """Up to `count` evenly spaced frames (first and last included)."""
+    """Up to `count` evenly spaced frames of the series' central 80 % (all frames when there are no more)."""
     if len(frames) <= count:
         return list(frames)
-    picks = np.unique(np.linspace(0, len(frames) - 1, count).round().astype(int))
+    edge = int(len(frames) * EDGE_FRACTION)
+    picks = np.unique(np.linspace(edge, len(frames) - 1 - edge, count).round().astype(int))
     return [frames[i] for i in picks]
 
 
