@@ -1,7 +1,8 @@
 """The running node: listener + stability monitor + worker over one audit database, as `dicom-ai serve` runs it.
 
-Start-up checks every setting that can only be checked against the machine (writable spool, database reachable,
-handler importable, port free) and raises `ConfigError` naming the key. Stop order: the listener first (no new
+Start-up checks every setting that can only be checked against the machine (writable spool, no other node on the
+data directory, database reachable, handler importable, port free) and raises `ConfigError` naming the key. The node
+holds `<data_dir>/node.lock` while it runs (dicom_ai.store.node_lock). Stop order: the listener first (no new
 data; in-flight associations finish or are aborted), then the worker (running jobs get `stop_timeout` seconds,
 then their leases are released so they run again), then the monitor, then the send dispatcher (undelivered results
 stay in the outbox for the next start).
@@ -17,6 +18,7 @@ from dicom_ai.job import StudyHandler, build_study_handler, models_status
 from dicom_ai.receive import Listener
 from dicom_ai.send.sender import ResultSender
 from dicom_ai.store.database import Database, DatabaseError, open_database
+from dicom_ai.store.node_lock import DataDirInUse, DataDirLock, HeldLock
 from dicom_ai.store.node_runs import heartbeat_node_run, start_node_run, stop_node_run
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.spool import Spool
@@ -39,12 +41,17 @@ class Node:
         self.monitor: StabilityMonitor | None = None
         self.sender: ResultSender | None = None
         self._run_id: int | None = None
+        self._lock: HeldLock | None = None
         self._stopped = threading.Event()
 
     def start(self) -> None:
         settings = self.settings
         check_writable_dir(settings.storage.data_dir, "storage.data_dir")
         check_writable_dir(settings.storage.spool_dir, "storage.data_dir")
+        try:
+            lock = self._lock = DataDirLock(settings.storage.data_dir).acquire()
+        except DataDirInUse as exc:
+            raise ConfigError(f"storage.data_dir: {exc}") from None
         try:
             self.database = open_database(settings.storage)
         except DatabaseError as exc:
@@ -60,6 +67,7 @@ class Node:
             raise ConfigError(f"node.port: cannot listen on {settings.node.bind}:{settings.node.port} "
                               f"({exc.strerror or exc}); choose another node.port / node.bind") from None
         self._run_id = start_node_run(self.database, settings.node.ae_title, bind, port, settings.tls.enabled)
+        lock.describe(ae_title=settings.node.ae_title, listening=f"{bind}:{port}")
         log.info("node %s ready on %s:%d%s; spool and database in %s", settings.node.ae_title, bind, port,
                  " (DICOM TLS)" if settings.tls.enabled else "", settings.storage.data_dir)
 
@@ -98,5 +106,7 @@ class Node:
             if self._run_id is not None:
                 stop_node_run(self.database, self._run_id)
             self.database.close()
+        if self._lock is not None:
+            self._lock.release()
         log.info("stopped")
 

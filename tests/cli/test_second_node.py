@@ -1,0 +1,49 @@
+"""A second `dicom-ai serve` on a data directory that a running node uses is refused, and `dicom-ai status` shows
+the listener that really runs (real processes, as in test_serve_crash.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dicom_ai.store.database import Database
+from dicom_ai.store.node_runs import start_node_run, stop_node_run
+from tests.cli.test_serve_crash import REPO_ROOT, ServedNode, dicom_ai, free_port, write_config
+
+pytestmark = pytest.mark.integration
+
+
+def test_second_node_on_the_same_data_dir_is_refused_and_status_tells_the_truth(tmp_path: Path) -> None:
+    port = free_port()
+    node = ServedNode(data_dir=tmp_path / "var", port=port, config=write_config(tmp_path, port, tmp_path / "var"))
+    node.start()
+    try:
+        second_port = free_port()
+        second = subprocess.run(
+            [sys.executable, "-c", "from dicom_ai.cli import main; main()", "serve", "--config", str(node.config),
+             "--port", str(second_port)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stderr
+        assert "storage.data_dir" in second.stderr and "in use by another dicom-ai node" in second.stderr
+        assert node.process is not None and f"pid {node.process.pid} " in second.stderr
+        assert f"listening on 127.0.0.1:{port}" in second.stderr
+
+        # A run that stopped after the node started (e.g. a node started on the same database elsewhere before the
+        # lock existed) must not hide the running one.
+        database = Database(f"sqlite:///{node.data_dir / 'dicom-ai.sqlite'}")
+        try:
+            stop_node_run(database, start_node_run(database, "DICOM_AI", "127.0.0.1", second_port, False))
+        finally:
+            database.close()
+        status = json.loads(dicom_ai("status", "--json", "--config", str(node.config)).stdout)
+        assert [(item["port"], item["state"]) for item in status["listeners"]] == [(port, "running")]
+        assert status["listener"]["port"] == port and status["listener"]["running"] is True
+        table = dicom_ai("status", "--config", str(node.config)).stdout
+        assert f"DICOM_AI on 127.0.0.1:{port} - running" in table and str(second_port) not in table
+    finally:
+        assert node.stop() == 0
+    status = json.loads(dicom_ai("status", "--json", "--config", str(node.config)).stdout)
+    assert status["listener"]["running"] is False and status["listener"]["state"] == "stopped"
