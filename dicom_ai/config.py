@@ -108,6 +108,15 @@ class StorageSettings(_Section):
                            "sqlite_synchronous = 'full'"
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_for_postgresql(cls, value: str) -> str:
+        """A bare PostgreSQL URL means psycopg 3 (the `postgres` extra), not SQLAlchemy's default psycopg2."""
+        scheme, separator, rest = value.strip().partition("://")
+        if separator and scheme in ("postgresql", "postgres"):
+            return f"postgresql+psycopg://{rest}"
+        return value.strip()
+
     @property
     def records_after_answer(self) -> bool:
         """Whether instance rows are committed by the recorder after the C-STORE answer (dicom_ai.store.recorder)."""
@@ -192,6 +201,30 @@ class SendSettings(_Section):
         return self
 
 
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class LoggingSettings(_Section):
+    """What `dicom-ai serve` logs and where (dicom_ai/logs.py)."""
+
+    level: LogLevel = "info"
+    format: Literal["text", "json"] = Field("text", description="'json': one JSON object per line")
+    file: Path | None = Field(None, description="append to this file (reopened when rotated) instead of stderr")
+    library_level: LogLevel = Field(
+        "warning", description="the least severe record shown from libraries (pynetdicom, highdicom, pydicom, ...) "
+                               "and their Python warnings")
+
+    @field_validator("level", "library_level", "format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("file", mode="before")
+    @classmethod
+    def _empty_is_stderr(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
 class Settings(_Section):
     node: NodeSettings = NodeSettings()
     access: AccessSettings = AccessSettings()
@@ -201,6 +234,7 @@ class Settings(_Section):
     queue: QueueSettings = QueueSettings()
     pipeline: PipelineSettings = PipelineSettings()
     send: SendSettings = SendSettings()
+    logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Settings":
@@ -226,6 +260,9 @@ ESSENTIAL_ENV = {
     "BIND": ("node", "bind"),
     "DATA_DIR": ("storage", "data_dir"),
     "DATABASE_URL": ("storage", "database_url"),
+    "LOG_LEVEL": ("logging", "level"),
+    "LOG_FORMAT": ("logging", "format"),
+    "LOG_FILE": ("logging", "file"),
 }
 
 
@@ -256,7 +293,7 @@ def _env_overrides(environ: dict[str, str]) -> list[tuple[str, str, str]]:
 def _resolve_relative_paths(tree: dict[str, Any], base: Path) -> None:
     """Relative paths in a config file are relative to that file, not to the current directory."""
     for section, key in (("storage", "data_dir"), ("pipeline", "models_dir"), ("tls", "certificate"),
-                         ("tls", "private_key"), ("tls", "ca_certificates")):
+                         ("tls", "private_key"), ("tls", "ca_certificates"), ("logging", "file")):
         value = tree.get(section, {}).get(key) if isinstance(tree.get(section), dict) else None
         if isinstance(value, str) and value and not Path(value).is_absolute():
             tree[section][key] = str(base / value)

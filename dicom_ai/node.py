@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import threading
 
-from dicom_ai.config import ConfigError, Settings, check_writable_dir
+from dicom_ai.config import ConfigError, Settings
 from dicom_ai.job import StudyHandler, build_study_handler, models_status
 from dicom_ai.receive import Listener
 from dicom_ai.send.sender import ResultSender
+from dicom_ai.startup import run_startup_checks
 from dicom_ai.store.database import Database, DatabaseError, open_database
 from dicom_ai.store.node_lock import DataDirInUse, DataDirLock, HeldLock
 from dicom_ai.store.node_runs import heartbeat_node_run, start_node_run, stop_node_run
@@ -46,8 +47,7 @@ class Node:
 
     def start(self) -> None:
         settings = self.settings
-        check_writable_dir(settings.storage.data_dir, "storage.data_dir")
-        check_writable_dir(settings.storage.spool_dir, "storage.data_dir")
+        run_startup_checks(settings, check_handler=self._handler is None)  # what `config check` runs too
         try:
             lock = self._lock = DataDirLock(settings.storage.data_dir).acquire()
         except DataDirInUse as exc:
