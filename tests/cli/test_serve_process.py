@@ -1,5 +1,5 @@
-"""A second `dicom-ai serve` on a data directory that a running node uses is refused, and `dicom-ai status` shows
-the listener that really runs (real processes, as in test_serve_crash.py)."""
+"""`dicom-ai serve` as a real process (as in test_serve_crash.py): a second node on a data directory that a running
+node uses is refused, `dicom-ai status` shows the listener that really runs, and the log goes where it is told."""
 
 from __future__ import annotations
 
@@ -47,3 +47,16 @@ def test_second_node_on_the_same_data_dir_is_refused_and_status_tells_the_truth(
         assert node.stop() == 0
     status = json.loads(dicom_ai("status", "--json", "--config", str(node.config)).stdout)
     assert status["listener"]["running"] is False and status["listener"]["state"] == "stopped"
+
+
+def test_serve_logs_json_lines_to_a_file_set_in_the_environment(tmp_path: Path) -> None:
+    port = free_port()
+    node = ServedNode(data_dir=tmp_path / "var", port=port, config=write_config(tmp_path, port, tmp_path / "var"))
+    log_file = tmp_path / "logs" / "node.log"
+    node.start(DICOM_AI_LOG_FORMAT="json", DICOM_AI_LOG_FILE=str(log_file))
+    assert node.stop() == 0
+    entries = [json.loads(line) for line in log_file.read_text().splitlines()]
+    messages = [entry["message"] for entry in entries]
+    assert any(m.startswith(f"node DICOM_AI ready on 127.0.0.1:{port}") for m in messages), messages
+    assert messages[-1] == "stopped" and all(entry["time"].endswith("Z") for entry in entries)
+    assert node.log.read_text().strip() == ""  # nothing on stderr
