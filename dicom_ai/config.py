@@ -201,6 +201,23 @@ class SendSettings(_Section):
         return self
 
 
+class RetentionSettings(_Section):
+    """How long received studies stay in the spool, and the free space the spool keeps (dicom_ai.store.retention)."""
+
+    purge_after_hours: float = Field(
+        0.0, ge=0, description="a study whose results are delivered and that received nothing for this long is "
+                               "purged from the spool; 0 = keep every study (purge only with `dicom-ai purge "
+                               "--older-than-hours`)")
+    purge_interval_seconds: float = Field(3600.0, gt=0, description="how often `serve` purges (when enabled)")
+    min_free_mib: float = Field(
+        1024.0, ge=0, description="C-STOREs are refused (0xA700) while the spool's file system has less free space "
+                                  "than this; 0 = only when it is full")
+
+    @property
+    def min_free_bytes(self) -> int:
+        return int(self.min_free_mib * 1024 * 1024)
+
+
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
@@ -234,6 +251,7 @@ class Settings(_Section):
     queue: QueueSettings = QueueSettings()
     pipeline: PipelineSettings = PipelineSettings()
     send: SendSettings = SendSettings()
+    retention: RetentionSettings = RetentionSettings()
     logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="after")

@@ -1,5 +1,6 @@
 """`dicom-ai serve` as a real process (as in test_serve_crash.py): a second node on a data directory that a running
-node uses is refused, `dicom-ai status` shows the listener that really runs, and the log goes where it is told."""
+node uses is refused, `dicom-ai status` shows the listener that really runs, the log goes where it is told, and delivered studies leave the
+spool on the retention schedule."""
 
 from __future__ import annotations
 
@@ -10,9 +11,23 @@ from pathlib import Path
 
 import pytest
 
+from sqlalchemy import select
+
 from dicom_ai.store.database import Database
+from dicom_ai.store.models import Event, Study
 from dicom_ai.store.node_runs import start_node_run, stop_node_run
-from tests.cli.test_serve_crash import REPO_ROOT, ServedNode, dicom_ai, free_port, write_config
+from dicom_ai.store.records import StudyState
+from tests.cli.test_serve_crash import (
+    REPO_ROOT,
+    ServedNode,
+    StoreSCU,
+    dicom_ai,
+    free_port,
+    make_study,
+    wait_for,
+    write_config,
+)
+from tests.support.tools import dcmtk_tool
 
 pytestmark = pytest.mark.integration
 
@@ -60,3 +75,32 @@ def test_serve_logs_json_lines_to_a_file_set_in_the_environment(tmp_path: Path) 
     assert any(m.startswith(f"node DICOM_AI ready on 127.0.0.1:{port}") for m in messages), messages
     assert messages[-1] == "stopped" and all(entry["time"].endswith("Z") for entry in entries)
     assert node.log.read_text().strip() == ""  # nothing on stderr
+
+
+@pytest.mark.skipif(dcmtk_tool("storescu") is None, reason="dcmtk storescu is not installed")
+def test_serve_purges_delivered_studies_on_its_schedule(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, port, tmp_path / "var")
+    config.write_text(config.read_text() + "\n[retention]\npurge_after_hours = 0.0005\npurge_interval_seconds = 0.5\n")
+    node = ServedNode(data_dir=tmp_path / "var", port=port, config=config)
+    study_uid, _ = make_study(tmp_path / "study", 3)
+    node.start()
+    try:
+        assert StoreSCU(port, tmp_path / "study").wait() == 0
+        database = Database(f"sqlite:///{node.data_dir / 'dicom-ai.sqlite'}")
+        try:
+            wait_for(lambda: _study_state(database, study_uid) == StudyState.PURGED, 60, "the study to be purged")
+            with database.session() as session:
+                detail = session.scalar(select(Event.detail).where(Event.kind == "study.purged"))
+        finally:
+            database.close()
+        assert detail is not None and json.loads(detail)["by"] == "retention"
+        assert json.loads(detail)["instances"] == 3 and json.loads(detail)["bytes_freed"] > 0
+        assert not (node.data_dir / "spool" / study_uid).exists()
+    finally:
+        assert node.stop() == 0
+
+
+def _study_state(database: Database, study_uid: str) -> str | None:
+    with database.session() as session:
+        return session.scalar(select(Study.state).where(Study.study_uid == study_uid))
