@@ -223,8 +223,8 @@ def _print_trail(trail: StudyTrail, verbose: bool) -> None:
     header = (f"[bold]Study {s.study_uid}[/]: {s.state} - patient {escape(s.patient_id or '-')}, from "
               f"{escape(s.calling_ae or '-')}, {s.instance_count} instances in {s.series_count} series, received "
               f"{_when(s.first_received_at)} .. {_when(s.last_received_at)} (UTC)")
-    associations = table("association", uid_column("peer"), "called AE", "TLS", "start", "end", "outcome", "stored", "failed",
-                         title="Associations")
+    associations = table("association", uid_column("peer"), "called AE", "TLS", "start", "end", "outcome", "stored",
+                         "failed", title="Associations")
     for a in trail.associations:
         associations.add_row(str(a.id), literal(f"{a.peer_ae}@{a.peer_host}:{a.peer_port}"), literal(a.called_ae),
                              "yes" if a.tls else "no", _when(a.started_at), _when(a.ended_at), a.outcome,

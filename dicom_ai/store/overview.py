@@ -7,7 +7,6 @@ and `dicom-ai audit`.
 from __future__ import annotations
 
 import json
-import os
 import socket
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timedelta
@@ -18,6 +17,7 @@ from sqlalchemy import and_, func, or_, select
 
 from dicom_ai.store.database import Database, instance_info
 from dicom_ai.store.models import Association, Event, Instance, Job, NodeRun, Series, Study, utcnow
+from dicom_ai.store.node_runs import process_exists
 from dicom_ai.store.records import InstanceInfo, JobState, StudyState
 
 
@@ -181,7 +181,7 @@ def node_status(database: Database, recent: int = 10, stale_after: timedelta = L
 def _listener(run: NodeRun, stale_after: timedelta) -> ListenerStatus:
     if run.stopped_at is not None:
         state = ListenerState.STOPPED
-    elif run.hostname == socket.gethostname() and not _process_exists(run.pid):
+    elif run.hostname == socket.gethostname() and not process_exists(run.pid):
         state = ListenerState.GONE
     elif utcnow() - run.heartbeat_at >= stale_after:
         state = ListenerState.NOT_RESPONDING
@@ -189,16 +189,6 @@ def _listener(run: NodeRun, stale_after: timedelta) -> ListenerStatus:
         state = ListenerState.RUNNING
     return ListenerStatus(run.ae_title, run.bind, run.port, run.tls, run.hostname, run.pid, run.started_at,
                           run.heartbeat_at, run.stopped_at, state == ListenerState.RUNNING, str(state))
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
 
 
 def study_trail(database: Database, study_uid: str) -> StudyTrail:

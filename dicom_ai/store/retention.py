@@ -6,8 +6,12 @@ A study may be purged when it is `done` (so no job is queued or running), none o
 sending or dead (a dead letter may still be retried), and nothing arrived for it for `older_than`. Purging it, in
 one transaction with the study row locked: its folder is set aside (renamed, atomically), its instance and series
 rows are deleted, the study becomes `purged` and one `study.purged` audit event records what was freed; only after
-the commit is the folder deleted (a failed commit puts it back; after a crash, `finish_interrupted_purges`). The study row, its jobs, its outbox rows and its
-audit events stay. Sent again, the study is new instances of a known study: stored, recorded and analysed again.
+the commit is the folder deleted (a failed commit puts it back; after a crash, `finish_interrupted_purges` decides).
+The study row, its jobs, its outbox rows and its audit events stay. Sent again, the study is new instances of a
+known study: stored, recorded and analysed again.
+
+Limit: an instance of the study that is being received in the very moment of its purge (after it was quiet for the
+whole retention period) may lose its file; its sender was answered, its row points at nothing.
 """
 
 from __future__ import annotations

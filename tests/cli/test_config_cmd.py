@@ -59,7 +59,8 @@ def test_a_postgresql_driver_that_is_not_installed_names_the_extra_and_the_url_f
     assert "pip install -e '.[postgres]'" in out and "postgresql+psycopg://USER:PASSWORD@HOST:5432/DATABASE" in out
 
 
-def test_a_plain_postgresql_url_passes_against_a_real_server(tmp_path: Path, postgres_server: str) -> None:  # noqa: F811
+def test_a_plain_postgresql_url_passes_against_a_real_server(
+        tmp_path: Path, postgres_server: str) -> None:  # noqa: F811
     url = fresh_postgres_database(postgres_server).replace("postgresql+psycopg://", "postgresql://")
     code, out = check(DICOM_AI_DATA_DIR=str(tmp_path / "var"), DICOM_AI_DATABASE_URL=url)
     assert code == 0, out

@@ -1,6 +1,6 @@
 """`dicom-ai serve` as a real process (as in test_serve_crash.py): a second node on a data directory that a running
-node uses is refused, `dicom-ai status` shows the listener that really runs, the log goes where it is told, and delivered studies leave the
-spool on the retention schedule."""
+node uses is refused, `dicom-ai status` shows the listener that really runs, the log goes where it is told, and
+delivered studies leave the spool on the retention schedule."""
 
 from __future__ import annotations
 
