@@ -8,6 +8,8 @@
 - "text": one readable line per record, UTC timestamps; "json": one JSON object per line (time, level, logger,
   message, and exception when there is one) for a log collector.
 - stderr (journald, docker logs), or a file appended to and reopened when logrotate moves it.
+- Helper processes the node spawns (the report process) log the same way: `configure_logging` leaves the settings in
+  the environment they inherit, and `configure_helper_logging` (their initializer calls it) reads them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import functools
 import json
 import logging
 import logging.handlers
+import os
 import sys
 import time
 import warnings
@@ -24,7 +27,8 @@ from typing import Any, TextIO
 
 from dicom_ai.config import LoggingSettings
 
-OWN_LOGGERS = ("dicom_ai", "__main__")
+OWN_LOGGERS = ("dicom_ai", "__main__", "__mp_main__")
+HELPER_SETTINGS_ENV = "DICOM_AI_LOG_SETTINGS"  # the node's logging settings, JSON, for the processes it spawns
 # Libraries whose loggers get `library_level` themselves: a disabled level then costs nothing at the call site
 # (pynetdicom formats a record per PDU at INFO and DEBUG; dicom_ai.receive.server unbinds those handlers then).
 LIBRARY_LOGGERS = ("pynetdicom", "pydicom", "highdicom", "alembic", "sqlalchemy", "urllib3", "PIL", "matplotlib")
@@ -81,7 +85,15 @@ def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(library)
     warnings.showwarning = _log_warning
+    os.environ[HELPER_SETTINGS_ENV] = settings.model_dump_json()
     return handler
+
+
+def configure_helper_logging() -> None:
+    """In a process the node spawned: log like the node (nothing changes when the node did not configure it)."""
+    inherited = os.environ.get(HELPER_SETTINGS_ENV)
+    if inherited:
+        configure_logging(LoggingSettings.model_validate_json(inherited))
 
 
 def _level(name: str) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
 import sys
 import warnings
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ from dicom_ai.logs import configure_logging
 
 
 @pytest.fixture(autouse=True)
-def keep_logging() -> Iterator[None]:
+def keep_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("DICOM_AI_LOG_SETTINGS", raising=False)  # configure_logging sets it for helper processes
     root = logging.getLogger()
     handlers, level, show_warning = root.handlers[:], root.level, warnings.showwarning
     levels = {name: logging.getLogger(name).level for name in ("pynetdicom", "highdicom")}
@@ -82,3 +84,15 @@ def test_libraries_have_their_own_level(warning_library: object) -> None:
     assert lines[0].endswith("DEBUG   dicom_ai.worker: claimed job 1")
     assert lines[1].endswith("ERROR   pynetdicom.assoc: Association Aborted")
     assert not logging.getLogger("pynetdicom").isEnabledFor(logging.WARNING)  # dropped where it is made
+
+
+def test_a_helper_process_logs_like_the_node(tmp_path: Path) -> None:
+    log_file = tmp_path / "node.log"
+    configure_logging(LoggingSettings(format="json", file=log_file))
+    helper = subprocess.run(
+        [sys.executable, "-c", "import warnings; from dicom_ai.logs import configure_helper_logging; "
+         "configure_helper_logging(); warnings.warn('Attribute copied [0]', UserWarning)"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60)
+    assert helper.returncode == 0 and helper.stderr == "", helper.stderr
+    [entry] = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert entry["level"] == "WARNING" and entry["message"].startswith("UserWarning: Attribute copied [0]")

@@ -18,8 +18,10 @@ runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def keep_logging() -> Iterator[None]:
-    """`serve` configures the root logger (and where warnings go) for the process; give the next tests theirs back."""
+def keep_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`serve` configures the root logger (and where warnings go, and what helper processes inherit) for the
+    process; give the next tests theirs back."""
+    monkeypatch.delenv("DICOM_AI_LOG_SETTINGS", raising=False)
     root = logging.getLogger()
     handlers, level, show_warning = root.handlers[:], root.level, warnings.showwarning
     yield
