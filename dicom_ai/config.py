@@ -108,6 +108,15 @@ class StorageSettings(_Section):
                            "sqlite_synchronous = 'full'"
     )
 
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_for_postgresql(cls, value: str) -> str:
+        """A bare PostgreSQL URL means psycopg 3 (the `postgres` extra), not SQLAlchemy's default psycopg2."""
+        scheme, separator, rest = value.strip().partition("://")
+        if separator and scheme in ("postgresql", "postgres"):
+            return f"postgresql+psycopg://{rest}"
+        return value.strip()
+
     @property
     def records_after_answer(self) -> bool:
         """Whether instance rows are committed by the recorder after the C-STORE answer (dicom_ai.store.recorder)."""
@@ -195,6 +204,47 @@ class SendSettings(_Section):
         return self
 
 
+class RetentionSettings(_Section):
+    """How long received studies stay in the spool, and the free space the spool keeps (dicom_ai.store.retention)."""
+
+    purge_after_hours: float = Field(
+        0.0, ge=0, description="a study whose results are delivered and that received nothing for this long is "
+                               "purged from the spool; 0 = keep every study (purge only with `dicom-ai purge "
+                               "--older-than-hours`)")
+    purge_interval_seconds: float = Field(3600.0, gt=0, description="how often `serve` purges (when enabled)")
+    min_free_mib: float = Field(
+        1024.0, ge=0, description="C-STOREs are refused (0xA700) while the spool's file system has less free space "
+                                  "than this; 0 = only when it is full")
+
+    @property
+    def min_free_bytes(self) -> int:
+        return int(self.min_free_mib * 1024 * 1024)
+
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class LoggingSettings(_Section):
+    """What `dicom-ai serve` logs and where (dicom_ai/logs.py)."""
+
+    level: LogLevel = "info"
+    format: Literal["text", "json"] = Field("text", description="'json': one JSON object per line")
+    file: Path | None = Field(None, description="append to this file (reopened when rotated) instead of stderr")
+    library_level: LogLevel = Field(
+        "warning", description="the least severe record shown from libraries (pynetdicom, highdicom, pydicom, ...) "
+                               "and their Python warnings")
+
+    @field_validator("level", "library_level", "format", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("file", mode="before")
+    @classmethod
+    def _empty_is_stderr(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+
 class Settings(_Section):
     node: NodeSettings = NodeSettings()
     access: AccessSettings = AccessSettings()
@@ -204,6 +254,8 @@ class Settings(_Section):
     queue: QueueSettings = QueueSettings()
     pipeline: PipelineSettings = PipelineSettings()
     send: SendSettings = SendSettings()
+    retention: RetentionSettings = RetentionSettings()
+    logging: LoggingSettings = LoggingSettings()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Settings":
@@ -229,6 +281,9 @@ ESSENTIAL_ENV = {
     "BIND": ("node", "bind"),
     "DATA_DIR": ("storage", "data_dir"),
     "DATABASE_URL": ("storage", "database_url"),
+    "LOG_LEVEL": ("logging", "level"),
+    "LOG_FORMAT": ("logging", "format"),
+    "LOG_FILE": ("logging", "file"),
 }
 
 
@@ -259,7 +314,7 @@ def _env_overrides(environ: dict[str, str]) -> list[tuple[str, str, str]]:
 def _resolve_relative_paths(tree: dict[str, Any], base: Path) -> None:
     """Relative paths in a config file are relative to that file, not to the current directory."""
     for section, key in (("storage", "data_dir"), ("pipeline", "models_dir"), ("tls", "certificate"),
-                         ("tls", "private_key"), ("tls", "ca_certificates")):
+                         ("tls", "private_key"), ("tls", "ca_certificates"), ("logging", "file")):
         value = tree.get(section, {}).get(key) if isinstance(tree.get(section), dict) else None
         if isinstance(value, str) and value and not Path(value).is_absolute():
             tree[section][key] = str(base / value)

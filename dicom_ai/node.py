@@ -1,24 +1,29 @@
 """The running node: listener + stability monitor + worker over one audit database, as `dicom-ai serve` runs it.
 
-Start-up checks every setting that can only be checked against the machine (writable spool, database reachable,
-handler importable, port free) and raises `ConfigError` naming the key. Stop order: the listener first (no new
+Start-up checks every setting that can only be checked against the machine (writable spool, no other node on the
+data directory, database reachable, handler importable, port free) and raises `ConfigError` naming the key. The node
+holds `<data_dir>/node.lock` while it runs (dicom_ai.store.node_lock). Stop order: the listener first (no new
 data; in-flight associations finish or are aborted), then the worker (running jobs get `stop_timeout` seconds,
 then their leases are released so they run again), then the monitor, then the send dispatcher (undelivered results
-stay in the outbox for the next start).
+stay in the outbox for the next start), then the spool retention schedule (dicom_ai.store.retention).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
 
-from dicom_ai.config import ConfigError, Settings, check_writable_dir
+from dicom_ai.config import ConfigError, Settings
 from dicom_ai.job import StudyHandler, build_study_handler, models_status
 from dicom_ai.receive import Listener
 from dicom_ai.send.sender import ResultSender
+from dicom_ai.startup import run_startup_checks
 from dicom_ai.store.database import Database, DatabaseError, open_database
+from dicom_ai.store.node_lock import DataDirInUse, DataDirLock, HeldLock
 from dicom_ai.store.node_runs import heartbeat_node_run, start_node_run, stop_node_run
 from dicom_ai.store.queue import JobQueue
+from dicom_ai.store.retention import PurgeSchedule, finish_interrupted_purges
 from dicom_ai.store.spool import Spool
 from dicom_ai.store.stability import StabilityMonitor
 from dicom_ai.worker import Worker, is_dead_local_worker
@@ -38,13 +43,18 @@ class Node:
         self.worker: Worker | None = None
         self.monitor: StabilityMonitor | None = None
         self.sender: ResultSender | None = None
+        self.purges: PurgeSchedule | None = None
         self._run_id: int | None = None
+        self._lock: HeldLock | None = None
         self._stopped = threading.Event()
 
     def start(self) -> None:
         settings = self.settings
-        check_writable_dir(settings.storage.data_dir, "storage.data_dir")
-        check_writable_dir(settings.storage.spool_dir, "storage.data_dir")
+        run_startup_checks(settings, check_handler=self._handler is None)  # what `config check` runs too
+        try:
+            lock = self._lock = DataDirLock(settings.storage.data_dir).acquire()
+        except DataDirInUse as exc:
+            raise ConfigError(f"storage.data_dir: {exc}") from None
         try:
             self.database = open_database(settings.storage)
         except DatabaseError as exc:
@@ -53,13 +63,16 @@ class Node:
         handler = self._handler or build_study_handler(settings, self.database, self.sender)
         queue = JobQueue(self.database, settings.queue)
 
-        self.listener = Listener(settings, self.database, Spool(settings.storage.spool_dir))
+        spool = Spool(settings.storage.spool_dir, min_free_bytes=settings.retention.min_free_bytes)
+        finish_interrupted_purges(self.database, spool)
+        self.listener = Listener(settings, self.database, spool)
         try:
             bind, port = self.listener.start()
         except OSError as exc:
             raise ConfigError(f"node.port: cannot listen on {settings.node.bind}:{settings.node.port} "
                               f"({exc.strerror or exc}); choose another node.port / node.bind") from None
         self._run_id = start_node_run(self.database, settings.node.ae_title, bind, port, settings.tls.enabled)
+        lock.describe(ae_title=settings.node.ae_title, listening=f"{bind}:{port}")
         log.info("node %s ready on %s:%d%s; spool and database in %s", settings.node.ae_title, bind, port,
                  " (DICOM TLS)" if settings.tls.enabled else "", settings.storage.data_dir)
 
@@ -74,6 +87,11 @@ class Node:
                                         on_queued=lambda _jobs: worker.wake())
         self.monitor.start()
         self.sender.start()
+        retention = settings.retention
+        if retention.purge_after_hours > 0:
+            self.purges = PurgeSchedule(self.database, spool, timedelta(hours=retention.purge_after_hours),
+                                        retention.purge_interval_seconds)
+            self.purges.start()
         # before the worker starts: its warm-up then finds the weights' checksums already verified
         models = models_status(settings, getattr(handler, "registry", None))
         self.worker.start()
@@ -94,9 +112,13 @@ class Node:
             self.monitor.stop()
         if self.sender is not None:  # what is not delivered yet stays in the outbox for the next start
             self.sender.stop()
+        if self.purges is not None:
+            self.purges.stop()
         if self.database is not None:
             if self._run_id is not None:
                 stop_node_run(self.database, self._run_id)
             self.database.close()
+        if self._lock is not None:
+            self._lock.release()
         log.info("stopped")
 

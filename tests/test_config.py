@@ -79,3 +79,23 @@ def test_unknown_key_in_environment_is_an_error() -> None:
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_a_plain_postgresql_url_means_psycopg_3() -> None:
+    for scheme in ("postgresql", "postgres"):
+        settings = load_settings(None, environ={"DICOM_AI_DATABASE_URL": f"{scheme}://u:p@db:5432/dicom_ai"})
+        assert settings.storage.resolved_database_url == "postgresql+psycopg://u:p@db:5432/dicom_ai"
+    other = load_settings(None, environ={"DICOM_AI_DATABASE_URL": "postgresql+psycopg2://u@db/x"})
+    assert other.storage.database_url == "postgresql+psycopg2://u@db/x"  # named explicitly: checked at start-up
+
+
+def test_logging_settings_from_the_environment_and_the_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[logging]\nfile = "logs/node.log"\nlibrary_level = "ERROR"\n')
+    settings = load_settings(cfg, environ={"DICOM_AI_LOG_FORMAT": "json", "DICOM_AI_LOG_LEVEL": "debug"})
+    assert settings.logging.file == tmp_path / "logs" / "node.log"
+    assert (settings.logging.format, settings.logging.level, settings.logging.library_level) == (
+        "json", "debug", "error")
+    assert load_settings(None, environ={"DICOM_AI_LOG_FILE": ""}).logging.file is None
+    with pytest.raises(ConfigError, match="logging.format"):
+        load_settings(None, environ={"DICOM_AI_LOG_FORMAT": "xml"})

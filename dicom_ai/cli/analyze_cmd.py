@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
 from dicom_ai.cli.app import ConfigOption, JsonOption, app, settings_or_exit
@@ -35,7 +36,7 @@ def _files(paths: list[Path]) -> Iterator[Path]:
 def _route_text(series: SeriesFindings) -> str:
     lines = []
     for d in series.route:
-        head = f"{d.node}: {d.label}" if d.label else f"{d.node}: [{d.outcome}]"
+        head = escape(f"{d.node}: {d.label}" if d.label else f"{d.node}: [{d.outcome}]")
         if d.label:
             score = f" {d.score:.2f}" if d.score is not None else ""
             head += f" ({d.decided_by}{score})"
@@ -45,9 +46,9 @@ def _route_text(series: SeriesFindings) -> str:
         for e in d.evidence:
             value = e.label if e.label is not None else "-"
             score = f" {e.score:.2f}" if e.score is not None else ""
-            lines.append(f"  {e.source}: {value}{score} — {e.detail}")
+            lines.append(escape(f"  {e.source}: {value}{score} — {e.detail}"))
         if d.message:
-            lines.append(f"  [dim]{d.message}[/]")
+            lines.append(f"  [dim]{escape(d.message)}[/]")
     return "\n".join(lines)
 
 
@@ -68,7 +69,7 @@ def _segmentation_text(series: SeriesFindings) -> str:
         area = f", largest {max(areas):.0f} mm²" if areas else ""
         volume = f", volume {seg.volume_mm3:.0f} mm³" if seg.volume_mm3 is not None else ""
         lines.append(f"{seg.label} ({seg.model.name}): {len(with_mask)}/{len(seg.frames)} frames{area}{volume}")
-    lines += [f"[yellow]{m.task} {m.name} skipped: {m.reason}[/]" for m in series.skipped_models]
+    lines += [f"[yellow]{m.task} {m.name} skipped: {escape(m.reason)}[/]" for m in series.skipped_models]
     return "\n".join(lines) or "-"
 
 
@@ -78,12 +79,13 @@ def print_findings(findings: StudyFindings, console: Console) -> None:
                   Column("time", justify="right"), title=f"study {findings.study_instance_uid}", show_lines=True)
     for series in findings.series:
         name = f"{series.series_instance_uid}\n{series.modality or '?'}, {len(series.source_instances)} instance(s)"
-        errors = "".join(f"\n[red]{e.stage} error {e.sop_instance_uid[-12:]}: {e.message}[/]" for e in series.errors)
+        errors = "".join(f"\n[red]{e.stage} error {e.sop_instance_uid[-12:]}: {escape(e.message)}[/]"
+                         for e in series.errors)
         table.add_row(name + errors, _route_text(series), _detections_text(series), _segmentation_text(series),
                       f"{series.timings.get('total', 0.0):.2f} s")
     console.print(table)
     for error in findings.errors:
-        console.print(f"[red]unreadable: {error.sop_instance_uid}: {error.message}[/]")
+        console.print(f"[red]unreadable: {error.sop_instance_uid}: {escape(error.message)}[/]")
 
 
 @app.command()
@@ -137,7 +139,7 @@ def analyze(
                 frames, _ = decode_series(frames_by_series[series.series_instance_uid])
                 for written in write_overlays(series, frames, png):
                     if not as_json:
-                        console.print(f"wrote {written}")
+                        console.print(f"wrote {escape(str(written))}")
     if as_json:
         typer.echo(json.dumps([f.to_dict() for f in results] if len(results) > 1 else results[0].to_dict(),
                               indent=2, sort_keys=True))
@@ -145,4 +147,4 @@ def analyze(
         for findings in results:
             print_findings(findings, console)
         for line in skipped:
-            console.print(f"[yellow]not DICOM, skipped: {line}[/]")
+            console.print(f"[yellow]not DICOM, skipped: {escape(line)}[/]")

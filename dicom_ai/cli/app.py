@@ -17,6 +17,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain click help: typer's rich help shows "<bool>" after every flag (typer 0.29 with click 8.2+).
+    rich_markup_mode=None,
 )
 
 ConfigOption = Annotated[

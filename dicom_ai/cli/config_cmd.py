@@ -7,7 +7,8 @@ import json
 import typer
 
 from dicom_ai.cli.app import ConfigOption, app, settings_or_exit
-from dicom_ai.config import ConfigError, check_writable_dir
+from dicom_ai.config import ConfigError
+from dicom_ai.startup import run_startup_checks
 
 config_app = typer.Typer(help="Inspect and validate the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
@@ -15,13 +16,17 @@ app.add_typer(config_app, name="config")
 
 @config_app.command("check")
 def check(config: ConfigOption = None) -> None:
-    """Validate every setting, and that the data directory is writable; exit 2 on the first problem."""
+    """Validate every setting and run every start-up check of `serve` except listening (data directory writable,
+    database driver installed and server reachable, models and routing tree found, job handler importable, TLS
+    files loadable); exit 2 on the first problem."""
     settings = settings_or_exit(config)
     try:
-        check_writable_dir(settings.storage.data_dir, "storage.data_dir")
+        checked = run_startup_checks(settings)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    for line in checked:
+        typer.echo(f"ok: {line}")
     typer.echo(f"configuration OK: AE {settings.node.ae_title} on {settings.node.bind}:{settings.node.port}, "
                f"data in {settings.storage.data_dir}")
 

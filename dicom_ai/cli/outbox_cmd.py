@@ -7,10 +7,10 @@ from dataclasses import asdict
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
 from dicom_ai.cli.app import ConfigOption, DataDirOption, JsonOption, app
+from dicom_ai.cli.outbox_view import error_line
+from dicom_ai.cli.render import literal, print_out, table, uid_column
+from dicom_ai.cli.status_cmd import VerboseOption
 from dicom_ai.cli.status_cmd import _open as open_existing_database
 from dicom_ai.send.outbox import Outbox
 from dicom_ai.store.outbox_model import OutboxState
@@ -18,6 +18,7 @@ from dicom_ai.store.outbox_model import OutboxState
 
 @app.command("outbox")
 def outbox(config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
+           verbose: VerboseOption = False,
            state: Annotated[Optional[OutboxState], typer.Option(help="Only deliveries in this state.")] = None,
            study: Annotated[Optional[str], typer.Option("--study", help="Only this study's results.")] = None,
            limit: Annotated[int, typer.Option(help="At most this many rows (newest first).")] = 50) -> None:
@@ -32,11 +33,10 @@ def outbox(config: ConfigOption = None, data_dir: DataDirOption = None, as_json:
         typer.echo(json.dumps([{**asdict(row), "file_path": str(row.file_path),
                                 "next_attempt_at": row.next_attempt_at.isoformat()} for row in rows], indent=2))
         return
-    table = Table("id", "study", "object", "destination", "state", "attempts", "next attempt", "error",
-                  title=f"Outbox ({len(rows)} row(s), newest first)")
+    deliveries = table("id", uid_column("study"), uid_column("object"), "destination", "state", "attempts",
+                       "next attempt", "error", title=f"Outbox ({len(rows)} row(s), newest first)")
     for row in rows:
-        table.add_row(str(row.id), row.study_uid, row.sop_instance_uid, row.destination, row.state,
-                      str(row.attempts), row.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S")
-                      if row.state == OutboxState.PENDING else "-",
-                      row.last_error.splitlines()[0][:70] if row.last_error else "")
-    Console(highlight=False, width=200).print(table)
+        deliveries.add_row(str(row.id), row.study_uid, row.sop_instance_uid, literal(row.destination), row.state,
+                           str(row.attempts), row.next_attempt_at.strftime("%Y-%m-%d %H:%M:%S")
+                           if row.state == OutboxState.PENDING else "-", literal(error_line(row.last_error, verbose)))
+    print_out(deliveries)

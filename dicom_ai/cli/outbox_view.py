@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from rich.console import Console
-from rich.table import Table
-
+from dicom_ai.cli.render import literal, print_out, table, uid_column
 from dicom_ai.config import Settings
 from dicom_ai.send.outbox import Outbox, OutboxOverview
 from dicom_ai.store.database import Database
 from dicom_ai.store.outbox_model import OutboxState
 
 RETRY_HINT = "dicom-ai retry --outbox [--study UID]"
+ERROR_CHARS_SHOWN = 90
 
 
 def outbox_overview(settings: Settings, database: Database) -> OutboxOverview:
@@ -24,18 +23,28 @@ def outbox_overview_json(overview: OutboxOverview) -> dict[str, object]:
     return asdict(overview)
 
 
-def print_outbox_overview(console: Console, overview: OutboxOverview) -> None:
+def error_line(error: str, verbose: bool) -> str:
+    """A delivery's last error: its first line (clipped), or all of it with --verbose."""
+    if verbose or not error:
+        return error
+    first = error.splitlines()[0]
+    return first if len(first) <= ERROR_CHARS_SHOWN else first[:ERROR_CHARS_SHOWN - 1] + "\u2026"
+
+
+def print_outbox_overview(overview: OutboxOverview, verbose: bool = False) -> None:
     """The outbox lines of `dicom-ai status`: counts per state, then the newest dead letters."""
     counts = overview.by_state
     dead = counts.get(OutboxState.DEAD, 0)
-    console.print("Outbox: " + ", ".join(f"{state} {count}" for state, count in counts.items())
-                  + (f"   [red]{dead} dead letter(s)[/]: fix the cause, then `{RETRY_HINT}`" if dead else ""))
+    lines = ["Outbox: " + ", ".join(f"{state} {count}" for state, count in counts.items())
+             + (f"   [red]{dead} dead letter(s)[/]: fix the cause, then `{RETRY_HINT}`" if dead else "")]
     if overview.dead_letters:
-        table = Table("id", "study", "object", "destination", "attempts", "error", title="Dead letters (newest)")
+        letters = table("id", uid_column("study"), uid_column("object"), "destination", "attempts", "error",
+                        title="Dead letters (newest)")
         for letter in overview.dead_letters:
-            table.add_row(str(letter.id), letter.study_uid, letter.sop_instance_uid, letter.destination,
-                          str(letter.attempts), letter.last_error.splitlines()[0][:90] if letter.last_error else "")
-        console.print(table)
+            letters.add_row(str(letter.id), letter.study_uid, letter.sop_instance_uid, literal(letter.destination),
+                            str(letter.attempts), literal(error_line(letter.last_error, verbose)))
+        lines.append(letters)
+    print_out(*lines)
 
 
 def retry_dead_letters(settings: Settings, database: Database, study_uid: str | None) -> int:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
-import time
+from pathlib import Path
 from types import FrameType
 from typing import Annotated, Optional
 
@@ -14,24 +13,10 @@ import typer
 
 from dicom_ai.cli.app import ConfigOption, DataDirOption, app, settings_or_exit
 from dicom_ai.config import ConfigError
+from dicom_ai.logs import configure_logging
 from dicom_ai.node import Node
 
 log = logging.getLogger("dicom_ai.serve")
-
-
-def configure_logging(level: str) -> None:
-    """One readable line per event, UTC timestamps, on stderr (journald / docker logs pick it up)."""
-    handler = logging.StreamHandler(sys.stderr)
-    formatter = logging.Formatter("%(asctime)s.%(msecs)03dZ %(levelname)-7s %(name)s: %(message)s",
-                                  datefmt="%Y-%m-%dT%H:%M:%S")
-    formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))  # its INFO is per-PDU chatter
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
-    logging.getLogger("highdicom").setLevel(max(logging.WARNING, root.level))  # INFO: each module it copies
 
 
 @app.command("serve")
@@ -41,17 +26,25 @@ def serve(
     port: Annotated[Optional[int], typer.Option("--port", help="TCP port to listen on (node.port).")] = None,
     bind: Annotated[Optional[str], typer.Option("--bind", help="Address to listen on (node.bind).")] = None,
     data_dir: DataDirOption = None,
-    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[Optional[str], typer.Option(
+        "--log-level", help="debug, info, warning, error or critical (logging.level).")] = None,
+    log_format: Annotated[Optional[str], typer.Option(
+        "--log-format", help="text or json: one JSON object per line (logging.format).")] = None,
+    log_file: Annotated[Optional[Path], typer.Option(
+        "--log-file", help="Append the log to this file instead of stderr (logging.file).")] = None,
 ) -> None:
     """Receive studies, analyse each once it is complete, and record everything; stop with Ctrl-C or SIGTERM."""
     settings = settings_or_exit(config, {
         ("node", "ae_title"): ae_title, ("node", "port"): port, ("node", "bind"): bind,
         ("storage", "data_dir"): str(data_dir) if data_dir else None,
+        ("logging", "level"): log_level, ("logging", "format"): log_format,
+        ("logging", "file"): str(log_file) if log_file else None,
     })
-    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        typer.echo(f"error: --log-level: {log_level!r} is not one of debug, info, warning, error", err=True)
-        raise typer.Exit(2)
-    configure_logging(log_level)
+    try:
+        configure_logging(settings.logging)
+    except OSError as exc:
+        typer.echo(f"error: logging.file: cannot write {settings.logging.file} ({exc.strerror or exc})", err=True)
+        raise typer.Exit(2) from None
     node = Node(settings)
     stop_requested = threading.Event()
 

@@ -10,18 +10,19 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Column, Table
+from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from dicom_ai.cli.app import ConfigOption, DataDirOption, JsonOption, app, settings_or_exit
 from dicom_ai.cli.outbox_view import outbox_overview, outbox_overview_json, print_outbox_overview, retry_dead_letters
+from dicom_ai.cli.render import escape, literal, print_out, table, uid_column
 from dicom_ai.config import Settings
 from dicom_ai.job import models_status
 from dicom_ai.store.database import Database, DatabaseError, open_database
 from dicom_ai.store.overview import (
     EventRecord,
+    ListenerState,
+    ListenerStatus,
     NodeStatus,
     StudyTrail,
     UnknownStudy,
@@ -36,17 +37,12 @@ study_app = typer.Typer(help="Act on one study.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 
 STATUS_JSON_KEYS = ("configured_listener", "listener", "schema_version", "queue_depth", "jobs_by_state",
-                    "studies_by_state", "running_jobs", "failed_jobs", "recent_studies", "models", "outbox")
+                    "studies_by_state", "running_jobs", "failed_jobs", "recent_studies", "models", "outbox",
+                    "listeners")
 INSTANCE_ROWS_SHOWN = 20
-
-
-def _console() -> Console:
-    return Console(highlight=False, soft_wrap=False, width=160)
-
-
-def _table(*headers: str, title: str) -> Table:
-    """A table whose cells wrap instead of being cut: operators copy UIDs from it."""
-    return Table(*(Column(header, overflow="fold") for header in headers), title=title)
+DETAIL_CHARS_SHOWN = 160  # an event's detail in the default (summary) output; --verbose shows all of it
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show everything (whole details and errors, "
+                                                                     "every instance, UIDs of classes and syntaxes).")]
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -75,8 +71,9 @@ def _when(value: Any) -> str:
 
 @app.command("status")
 def status(config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
+           verbose: VerboseOption = False,
            recent: Annotated[int, typer.Option(help="How many recent studies to list.")] = 10) -> None:
-    """Listener, queue depth, jobs by state, recent studies and models (times in UTC)."""
+    """Listeners, queue depth, jobs by state, recent studies and models (times in UTC)."""
     settings, database = _open(config, data_dir)
     try:
         snapshot = node_status(database, recent=recent)
@@ -91,62 +88,70 @@ def status(config: ConfigOption = None, data_dir: DataDirOption = None, as_json:
                    "outbox": outbox_overview_json(outbox)}
         typer.echo(json.dumps({key: payload[key] for key in STATUS_JSON_KEYS}, indent=2))
         return
-    _print_status(snapshot, configured, models)
-    print_outbox_overview(_console(), outbox)
+    _print_status(snapshot, configured, models, verbose)
+    print_outbox_overview(outbox, verbose)
 
 
-def _print_status(snapshot: NodeStatus, configured: dict[str, Any], models: dict[str, Any]) -> None:
-    console = _console()
-    listener = snapshot.listener
-    if listener is None:
-        console.print(f"Listener: never started here (configured {configured['ae_title']} on "
-                      f"{configured['bind']}:{configured['port']})")
+def _listener_line(listener: ListenerStatus) -> str:
+    if listener.state == ListenerState.RUNNING:
+        state = f"[green]running[/] since {_when(listener.started_at)}"
+    elif listener.state == ListenerState.STOPPED:
+        state = f"[yellow]stopped[/] at {_when(listener.stopped_at)}"
+    elif listener.state == ListenerState.GONE:
+        state = f"[red]not running[/]: its process is gone without recording a stop (killed or crashed)"
     else:
-        if listener.running:
-            state = f"[green]running[/] since {_when(listener.started_at)} (pid {listener.pid} on {listener.hostname})"
-        elif listener.stopped_at:
-            state = f"[yellow]stopped[/] at {_when(listener.stopped_at)}"
-        else:
-            state = f"[red]not responding[/] (last seen {_when(listener.last_seen_at)}; crashed or killed?)"
-        console.print(f"Listener: {listener.ae_title} on {listener.bind}:{listener.port}"
-                      f"{' (TLS)' if listener.tls else ''} - {state}")
-    console.print(f"Models: {'[green]available[/]' if models.get('available') else '[red]unavailable[/]'} - "
-                  f"{escape(str(models.get('detail', '')))}")
+        state = f"[red]not responding[/] (last seen {_when(listener.last_seen_at)}; hung, or killed on its host?)"
+    return (f"Listener: {escape(listener.ae_title)} on {escape(listener.bind)}:{listener.port}"
+            f"{' (TLS)' if listener.tls else ''} - {state} (pid {listener.pid} on {escape(listener.hostname)})")
+
+
+def _print_status(snapshot: NodeStatus, configured: dict[str, Any], models: dict[str, Any], verbose: bool) -> None:
+    lines = [_listener_line(listener) for listener in snapshot.listeners] or [
+        f"Listener: never started here (configured {escape(configured['ae_title'])} on "
+        f"{escape(configured['bind'])}:{configured['port']})"]
+    lines.append(f"Models: {'[green]available[/]' if models.get('available') else '[red]unavailable[/]'} - "
+                 f"{escape(str(models.get('detail', '')))}")
+    lines.append(f"Queue depth: {snapshot.queue_depth}   jobs: "
+                 + ", ".join(f"{k} {v}" for k, v in snapshot.jobs_by_state.items())
+                 + "   studies: " + ", ".join(f"{k} {v}" for k, v in snapshot.studies_by_state.items()))
+    tables = []
     if models.get("tree"):
-        table = _table("node", "role", "model", "state", title="Routing tree")
+        tree = table("node", "role", "model", "state", title="Routing tree")
         for row in models["tree"]:
-            table.add_row(escape(row["node"]), row["role"], escape(row["model"]), escape(row["state"]))
-        console.print(table)
-    console.print(f"Queue depth: {snapshot.queue_depth}   jobs: "
-                  + ", ".join(f"{k} {v}" for k, v in snapshot.jobs_by_state.items())
-                  + "   studies: " + ", ".join(f"{k} {v}" for k, v in snapshot.studies_by_state.items()))
+            tree.add_row(literal(row["node"]), row["role"], literal(row["model"]), literal(row["state"]))
+        tables.append(tree)
     if snapshot.running_jobs:
-        table = _table("job", "study", "attempt", "worker", "lease until", title="Running jobs")
+        running = table("job", uid_column("study"), "attempt", "worker", "lease until", title="Running jobs")
         for job in snapshot.running_jobs:
-            table.add_row(str(job.id), job.study_uid, f"{job.attempts}/{job.max_attempts}", job.worker_id or "",
-                          _when(job.lease_expires_at))
-        console.print(table)
+            running.add_row(str(job.id), job.study_uid, f"{job.attempts}/{job.max_attempts}",
+                            literal(job.worker_id), _when(job.lease_expires_at))
+        tables.append(running)
     if snapshot.failed_jobs:
-        table = _table("job", "study", "attempts", "failed at", "error",
+        failed = table("job", uid_column("study"), "attempts", "failed at", "error",
                        title="Failed jobs (dicom-ai retry JOB_ID)")
         for job in snapshot.failed_jobs:
-            table.add_row(str(job.id), job.study_uid, str(job.attempts), _when(job.updated_at),
-                          job.last_error.splitlines()[0] if job.last_error else "")
-        console.print(table)
-    table = _table("study", "state", "patient", "from", "series", "instances", "last received", "job",
-                  title="Recent studies")
+            failed.add_row(str(job.id), job.study_uid, str(job.attempts), _when(job.updated_at),
+                           literal(_error_text(job.last_error, verbose)))
+        tables.append(failed)
+    studies = table(uid_column("study"), "state", "patient", "from", "series", "instances", "last received", "job",
+                    title="Recent studies")
     for study in snapshot.recent_studies:
         job = f"{study.latest_job_id} {study.latest_job_state}" if study.latest_job_id else "-"
-        table.add_row(study.study_uid, study.state, study.patient_id, study.calling_ae, str(study.series_count),
-                      str(study.instance_count), _when(study.last_received_at), job)
-    console.print(table)
+        studies.add_row(study.study_uid, study.state, literal(study.patient_id), literal(study.calling_ae),
+                        str(study.series_count), str(study.instance_count), _when(study.last_received_at), job)
+    tables.append(studies)
+    print_out(*lines, *tables)
 
 
 @app.command("audit")
 def audit(config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
+          verbose: VerboseOption = False,
           study: Annotated[Optional[str], typer.Option("--study", help="Study Instance UID to trace.")] = None,
           limit: Annotated[int, typer.Option(help="Without --study: how many recent events.")] = 50) -> None:
-    """The audit trail of one study (associations, instances, state changes, jobs, attempts, errors, sends)."""
+    """The audit trail of one study (associations, instances, state changes, jobs, attempts, errors, sends).
+
+    Shows a summary (one line per event); --verbose shows every detail, --json everything as JSON.
+    """
     _, database = _open(config, data_dir)
     try:
         if study is None:
@@ -154,7 +159,7 @@ def audit(config: ConfigOption = None, data_dir: DataDirOption = None, as_json: 
             if as_json:
                 typer.echo(json.dumps({"events": to_jsonable(events)}, indent=2))
             else:
-                _console().print(_events_table(events, "Recent events"))
+                print_out(_events_table(events, "Recent events", verbose))
             return
         try:
             trail = study_trail(database, study)
@@ -165,54 +170,90 @@ def audit(config: ConfigOption = None, data_dir: DataDirOption = None, as_json: 
     if as_json:
         typer.echo(json.dumps(to_jsonable(trail), indent=2))
     else:
-        _print_trail(trail)
+        _print_trail(trail, verbose)
 
 
-def _detail_text(detail: Any) -> str:
-    if isinstance(detail, dict):
-        return ", ".join(f"{k}={v}" for k, v in detail.items() if k != "error") + (
-            f"\nerror: {detail['error'].splitlines()[0]}" if detail.get("error") else "")
-    return str(detail)
+def _clip(text: str, limit: int = DETAIL_CHARS_SHOWN) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
 
 
-def _events_table(events: list[EventRecord], title: str) -> Table:
-    table = _table("time (UTC)", "event", "job", "detail", title=title)
+def _first_line(value: object) -> str:
+    text = str(value)
+    return text.splitlines()[0] if text else text
+
+
+def _error_text(error: str | None, verbose: bool) -> str:
+    if not error:
+        return ""
+    return error if verbose else _clip(_first_line(error))
+
+
+def _brief(value: Any) -> str:
+    """A detail's value in one short piece: nested findings become counts (--verbose shows them)."""
+    if isinstance(value, dict):
+        return f"{{{len(value)} keys}}"
+    if isinstance(value, list):
+        return f"[{len(value)} items]"
+    return _first_line(value)
+
+
+def _detail_text(detail: Any, verbose: bool) -> str:
+    if verbose:
+        return json.dumps(detail, indent=2, default=str) if isinstance(detail, dict | list) else str(detail)
+    if not isinstance(detail, dict):
+        return _clip(_first_line(detail))
+    text = _clip(", ".join(f"{k}={_brief(v)}" for k, v in detail.items() if k != "error"))
+    return text + (f"\nerror: {_clip(_first_line(detail['error']))}" if detail.get("error") else "")
+
+
+def _events_table(events: list[EventRecord], title: str, verbose: bool) -> Table:
+    rows = table("time (UTC)", "event", "job", "detail", title=title)
     for event in events:
-        table.add_row(_when(event.at), event.kind, str(event.job_id or ""), _detail_text(event.detail))
-    return table
+        rows.add_row(_when(event.at), event.kind, str(event.job_id or ""), literal(_detail_text(event.detail, verbose)))
+    return rows
 
 
-def _print_trail(trail: StudyTrail) -> None:
-    console = _console()
+def _uid_name(uid: str, verbose: bool, *, short: bool = False) -> str:
+    """A SOP class by its name ("CT Image Storage") or, `short`, a transfer syntax by its keyword
+    ("JPEGLosslessSV1"); the UID itself with --verbose or when pydicom does not know it."""
+    from pydicom.uid import UID
+
+    if verbose:
+        return uid
+    return (UID(uid).keyword if short else UID(uid).name) or uid
+
+
+def _print_trail(trail: StudyTrail, verbose: bool) -> None:
     s = trail.study
-    console.print(f"[bold]Study {s.study_uid}[/]: {s.state} - patient {s.patient_id or '-'}, from "
-                  f"{s.calling_ae or '-'}, {s.instance_count} instances in {s.series_count} series, received "
-                  f"{_when(s.first_received_at)} .. {_when(s.last_received_at)} (UTC)")
-    table = _table("association", "peer", "called AE", "TLS", "start", "end", "outcome", "stored", "failed",
-                  title="Associations")
+    header = (f"[bold]Study {s.study_uid}[/]: {s.state} - patient {escape(s.patient_id or '-')}, from "
+              f"{escape(s.calling_ae or '-')}, {s.instance_count} instances in {s.series_count} series, received "
+              f"{_when(s.first_received_at)} .. {_when(s.last_received_at)} (UTC)")
+    associations = table("association", uid_column("peer"), "called AE", "TLS", "start", "end", "outcome", "stored",
+                         "failed", title="Associations")
     for a in trail.associations:
-        table.add_row(str(a.id), f"{a.peer_ae}@{a.peer_host}:{a.peer_port}", a.called_ae, "yes" if a.tls else "no",
-                      _when(a.started_at), _when(a.ended_at), a.outcome, str(a.stored_count), str(a.failed_count))
-    console.print(table)
-    table = _table("series", "modality", "number", "description", "state", "instances", title="Series")
+        associations.add_row(str(a.id), literal(f"{a.peer_ae}@{a.peer_host}:{a.peer_port}"), literal(a.called_ae),
+                             "yes" if a.tls else "no", _when(a.started_at), _when(a.ended_at), a.outcome,
+                             str(a.stored_count), str(a.failed_count))
+    series_rows = table(uid_column("series"), "modality", "number", "description", "state", "instances",
+                        title="Series")
     for series in trail.series:
-        table.add_row(series.series_uid, series.modality, str(series.series_number or ""),
-                      series.series_description, series.state, str(series.instance_count))
-    console.print(table)
-    table = _table("instance", "SOP class", "syntax", "bytes", "received", "assoc.", "ours", title="Instances")
-    for i in trail.instances[:INSTANCE_ROWS_SHOWN]:
-        table.add_row(i.sop_instance_uid, i.sop_class_uid, i.transfer_syntax, str(i.size_bytes),
-                      _when(i.received_at), str(i.association_id or ""), "yes" if i.produced_by_us else "")
-    if len(trail.instances) > INSTANCE_ROWS_SHOWN:
-        table.caption = f"... and {len(trail.instances) - INSTANCE_ROWS_SHOWN} more (all of them with --json)"
-    console.print(table)
-    table = _table("job", "state", "trigger", "attempts", "created", "updated", "last error", title="Jobs")
+        series_rows.add_row(series.series_uid, literal(series.modality), str(series.series_number or ""),
+                            literal(series.series_description), series.state, str(series.instance_count))
+    instances = table(uid_column("instance"), "SOP class", "syntax", "bytes", "received", "assoc.", "ours",
+                      title="Instances")
+    shown = trail.instances if verbose else trail.instances[:INSTANCE_ROWS_SHOWN]
+    for i in shown:
+        instances.add_row(i.sop_instance_uid, _uid_name(i.sop_class_uid, verbose),
+                          _uid_name(i.transfer_syntax, verbose, short=True), str(i.size_bytes), _when(i.received_at),
+                          str(i.association_id or ""), "yes" if i.produced_by_us else "")
+    if len(trail.instances) > len(shown):
+        instances.caption = (f"... and {len(trail.instances) - len(shown)} more (all of them with --verbose or "
+                             "--json)")
+    jobs = table("job", "state", "trigger", "attempts", "created", "updated", "last error", title="Jobs")
     for job in trail.jobs:
-        table.add_row(str(job.id), job.state, job.trigger, f"{job.attempts}/{job.max_attempts}",
-                      _when(job.created_at), _when(job.updated_at),
-                      job.last_error.splitlines()[0] if job.last_error else "")
-    console.print(table)
-    console.print(_events_table(trail.events, "Events"))
+        jobs.add_row(str(job.id), job.state, job.trigger, f"{job.attempts}/{job.max_attempts}",
+                     _when(job.created_at), _when(job.updated_at), literal(_error_text(job.last_error, verbose)))
+    print_out(header, associations, series_rows, instances, jobs, _events_table(trail.events, "Events", verbose))
 
 
 @app.command("retry")

@@ -13,7 +13,7 @@ C-STORE response statuses (0000,0900) this node answers:
 |---|---|---|
 | 0x0000 | Success | stored and recorded; or a duplicate ignored under `storage.duplicate_policy = "keep-first"` |
 | 0x0111 | Failure: Duplicate SOP Instance (PS3.7 C.4) | duplicate under `duplicate_policy = "reject"` |
-| 0xA700 | Refused: Out of Resources | spool full, a write/fsync/rename failed, or the database refused the row |
+| 0xA700 | Refused: Out of Resources | spool full or below `retention.min_free_mib`; a write or the row failed |
 | 0xA900 | Error: Data Set Does Not Match SOP Class | SOP Class UID (0008,0016) missing or not the negotiated one |
 | 0xC000 | Error: Cannot Understand | the dataset cannot be parsed in the negotiated transfer syntax |
 | 0xC010 | Error: Cannot Understand | Study/Series/SOP Instance UID missing or not a valid UID (dicom_ai.uids) |

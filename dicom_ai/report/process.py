@@ -121,8 +121,10 @@ def _without_pixels(dataset: Dataset) -> Dataset:
 
 
 def _initialise() -> None:
+    from dicom_ai.logs import configure_helper_logging
     from dicom_ai.report.outputs import warm_up
 
+    configure_helper_logging()  # highdicom's warnings go into the node's log, formatted like it
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     warm_up()
     gc.collect()

@@ -44,6 +44,10 @@ _WRITE_OPTION = "dicom_ai_write"
 _T = TypeVar("_T")
 
 
+POSTGRES_URL_FORM = "postgresql+psycopg://USER:PASSWORD@HOST:5432/DATABASE"
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 10  # an unreachable server fails start-up (and `config check`) instead of hanging
+
+
 class DatabaseError(RuntimeError):
     """The audit database cannot be opened or migrated; the message says which URL and why."""
 
@@ -98,7 +102,10 @@ def create_database_engine(url: str, sqlite_synchronous: SqliteSynchronous = "no
             engine = create_engine(url, connect_args={"check_same_thread": False}, poolclass=StaticPool)
         _configure_sqlite(engine, sqlite_synchronous)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    connect_args = {}
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_SECONDS
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 class Database:
@@ -115,7 +122,12 @@ class Database:
         self.url = url
         try:
             self.engine = create_database_engine(url, sqlite_synchronous)
-        except Exception as exc:  # a malformed URL, a missing driver, an uncreatable directory
+        except ModuleNotFoundError as exc:  # the URL names a driver that is not installed
+            hint = (f"; for PostgreSQL install the extra (pip install -e '.[postgres]', psycopg 3) and use "
+                    f"{POSTGRES_URL_FORM}" if make_url(url).get_backend_name() == "postgresql" else "")
+            raise DatabaseError(f"cannot open database {_redacted(url)}: its driver is not installed "
+                                f"({exc}){hint}") from exc
+        except Exception as exc:  # a malformed URL, an uncreatable directory
             raise DatabaseError(f"cannot open database {url!r}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._write_sessions = sessionmaker(
@@ -156,6 +168,15 @@ class Database:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def check_reachable(self) -> None:
+        """Connect once (a server database: up, reachable, credentials right); raises DatabaseError."""
+        try:
+            with self.engine.connect():
+                pass
+        except Exception as exc:
+            reason = getattr(exc, "orig", None) or exc
+            raise DatabaseError(f"cannot connect to {_redacted(self.url)}: {str(reason).strip()}") from exc
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -32,3 +32,14 @@ def stop_node_run(database: Database, run_id: int) -> None:
     with database.session() as session:
         now = utcnow()
         session.execute(update(NodeRun).where(NodeRun.id == run_id).values(heartbeat_at=now, stopped_at=now))
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (a run's process, judged by `dicom-ai status`)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True

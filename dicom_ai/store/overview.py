@@ -7,20 +7,32 @@ and `dicom-ai audit`.
 from __future__ import annotations
 
 import json
+import socket
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 
 from dicom_ai.store.database import Database, instance_info
 from dicom_ai.store.models import Association, Event, Instance, Job, NodeRun, Series, Study, utcnow
+from dicom_ai.store.node_runs import process_exists
 from dicom_ai.store.records import InstanceInfo, JobState, StudyState
+
+
+class ListenerState(StrEnum):
+    """What became of a `dicom-ai serve` run, as far as this process can tell."""
+
+    RUNNING = "running"  # its process is alive (when on this host) and it showed signs of life lately
+    STOPPED = "stopped"  # it stopped and said so
+    GONE = "gone"  # on this host, its process no longer exists and never recorded a stop (killed, crashed)
+    NOT_RESPONDING = "not responding"  # no sign of life for a while (hung, or killed on another host)
 
 
 @dataclass(frozen=True)
 class ListenerStatus:
-    """The latest `dicom-ai serve` run recorded in this database; `running` = alive within `stale_after`."""
+    """One `dicom-ai serve` run recorded in this database; `running` = `state` is running."""
 
     ae_title: str
     bind: str
@@ -32,6 +44,7 @@ class ListenerStatus:
     last_seen_at: datetime
     stopped_at: datetime | None
     running: bool
+    state: str
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,9 @@ class StudySummary:
 
 @dataclass(frozen=True)
 class NodeStatus:
+    """`listeners`: every run that has not recorded its stop and whose process may still be there (running or not
+    responding), else the latest run; `listener`: the first running one of them, else the first."""
+
     schema_version: list[str]
     listener: ListenerStatus | None
     queue_depth: int
@@ -74,6 +90,7 @@ class NodeStatus:
     running_jobs: list[JobSummary]
     failed_jobs: list[JobSummary]
     recent_studies: list[StudySummary]
+    listeners: list[ListenerStatus] = field(default_factory=list)
     models: dict[str, Any] = field(default_factory=dict)
 
 
@@ -137,12 +154,13 @@ LISTENER_STALE_AFTER = timedelta(seconds=30)
 
 def node_status(database: Database, recent: int = 10, stale_after: timedelta = LISTENER_STALE_AFTER) -> NodeStatus:
     with database.session() as session:
-        run = session.scalar(select(NodeRun).order_by(NodeRun.id.desc()).limit(1))
-        listener = None
-        if run is not None:
-            running = run.stopped_at is None and utcnow() - run.heartbeat_at < stale_after
-            listener = ListenerStatus(run.ae_title, run.bind, run.port, run.tls, run.hostname, run.pid,
-                                      run.started_at, run.heartbeat_at, run.stopped_at, running)
+        latest = session.scalar(select(NodeRun).order_by(NodeRun.id.desc()).limit(1))
+        open_runs = session.scalars(select(NodeRun).where(NodeRun.stopped_at.is_(None)).order_by(NodeRun.id))
+        listeners = [listener for listener in (_listener(run, stale_after) for run in open_runs)
+                     if listener.state != ListenerState.GONE]  # a gone run is history unless it is the latest
+        if not listeners and latest is not None:
+            listeners = [_listener(latest, stale_after)]
+        listener = next((item for item in listeners if item.running), listeners[0] if listeners else None)
         jobs_by_state = {str(state): 0 for state in JobState}
         jobs_by_state.update(_counts(session, Job.state))
         studies_by_state = {str(state): 0 for state in StudyState}
@@ -156,8 +174,21 @@ def node_status(database: Database, recent: int = 10, stale_after: timedelta = L
     return NodeStatus(
         schema_version=database.schema_version(), listener=listener, queue_depth=jobs_by_state[JobState.QUEUED],
         jobs_by_state=jobs_by_state, studies_by_state=studies_by_state, running_jobs=running_jobs,
-        failed_jobs=failed_jobs, recent_studies=studies,
+        failed_jobs=failed_jobs, recent_studies=studies, listeners=listeners,
     )
+
+
+def _listener(run: NodeRun, stale_after: timedelta) -> ListenerStatus:
+    if run.stopped_at is not None:
+        state = ListenerState.STOPPED
+    elif run.hostname == socket.gethostname() and not process_exists(run.pid):
+        state = ListenerState.GONE
+    elif utcnow() - run.heartbeat_at >= stale_after:
+        state = ListenerState.NOT_RESPONDING
+    else:
+        state = ListenerState.RUNNING
+    return ListenerStatus(run.ae_title, run.bind, run.port, run.tls, run.hostname, run.pid, run.started_at,
+                          run.heartbeat_at, run.stopped_at, state == ListenerState.RUNNING, str(state))
 
 
 def study_trail(database: Database, study_uid: str) -> StudyTrail:

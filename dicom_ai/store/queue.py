@@ -29,6 +29,7 @@ from dicom_ai.store.stability import mark_quiet_studies_stable, mark_stable
 log = logging.getLogger(__name__)
 
 ACTIVE_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+PURGED_HINT = ("study {study_uid} was purged from the spool (retention); send it again to have it analysed again")
 ERROR_TEXT_MAX = 4000
 
 
@@ -74,6 +75,8 @@ class JobQueue:
                 raise QueueRequestRefused(f"no study {study_uid} has been received")
             if study.state in (StudyState.QUEUED, StudyState.PROCESSING):
                 return CompletionResult(study_uid, study.state, None, f"already {study.state}; nothing to do")
+            if study.state == StudyState.PURGED:
+                raise QueueRequestRefused(PURGED_HINT.format(study_uid=study_uid))
             if study.state in (StudyState.DONE, StudyState.FAILED):
                 raise QueueRequestRefused(
                     f"study {study_uid} is already {study.state}; to analyse it again use `dicom-ai retry --study`")
@@ -300,6 +303,8 @@ class JobQueue:
                 study = session.scalar(select(Study).where(Study.study_uid == study_uid))
                 if study is None:
                     raise QueueRequestRefused(f"no study {study_uid} has been received")
+                if study.state == StudyState.PURGED:
+                    raise QueueRequestRefused(PURGED_HINT.format(study_uid=study_uid))
                 if not study.jobs:
                     raise QueueRequestRefused(f"study {study_uid} has no job yet (state {study.state})")
                 if study.state == StudyState.DONE and study.jobs[-1].state != JobState.FAILED:

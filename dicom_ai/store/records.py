@@ -12,10 +12,11 @@ from pathlib import Path
 
 
 class StudyState(StrEnum):
-    """Life cycle of a study: receiving -> stable -> queued -> processing -> done / failed.
+    """Life cycle of a study: receiving -> stable -> queued -> processing -> done / failed (-> purged).
 
     A new (not produced-by-us) instance moves a study back to `receiving` from any state, so a study that was
-    already processed is analysed again once it is quiet again.
+    already processed is analysed again once it is quiet again. `purged`: its files were removed from the spool by
+    the retention policy (dicom_ai.store.retention) after its results were delivered; its trail stays.
     """
 
     RECEIVING = "receiving"
@@ -24,6 +25,7 @@ class StudyState(StrEnum):
     PROCESSING = "processing"
     DONE = "done"
     FAILED = "failed"
+    PURGED = "purged"
 
 
 class JobState(StrEnum):

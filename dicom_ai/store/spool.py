@@ -34,9 +34,11 @@ import ctypes
 import errno
 import io
 import os
+import shutil
 import struct
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -52,6 +54,8 @@ from pydicom.filewriter import write_file_meta_info
 from dicom_ai.uids import require_uid
 
 INCOMING_DIR = ".incoming"
+PURGING_DIR = ".purging"  # study folders being purged (dicom_ai.store.retention)
+MIB = 1024 * 1024
 PREAMBLE = b"\x00" * 128 + b"DICM"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK}
@@ -264,12 +268,47 @@ class PlacedFile:
         return StoredFile(self.path, self.size_bytes)
 
 
-class Spool:
-    """Atomic Part 10 writer under `root` (see module docstring). Thread-safe."""
+class FreeSpace:
+    """The free space of the spool's file system against a watermark, cheap enough to ask before every instance:
+    `statvfs` at most every `sample_seconds`, minus what the spool wrote since (so a burst cannot overshoot)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, min_free_bytes: int, sample_seconds: float = 1.0) -> None:
+        self.root = root
+        self.min_free_bytes = min_free_bytes
+        self.sample_seconds = sample_seconds
+        self._lock = threading.Lock()
+        self._sampled_at = -float("inf")
+        self._free = 0
+
+    def note_written(self, size: int) -> None:
+        with self._lock:
+            self._free -= size
+
+    def check(self) -> None:
+        """Raise `SpoolFull` while the free space is below the watermark (never when the watermark is 0)."""
+        if self.min_free_bytes <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if now - self._sampled_at >= self.sample_seconds:
+                stats = os.statvfs(self.root)
+                self._free, self._sampled_at = stats.f_bavail * stats.f_frsize, now
+            free = self._free
+        if free < self.min_free_bytes:
+            raise SpoolFull(errno.ENOSPC, f"spool below its free-space watermark: {free / MIB:.0f} MiB free, "
+                                          f"retention.min_free_mib = {self.min_free_bytes / MIB:g}")
+
+
+class Spool:
+    """Atomic Part 10 writer under `root` (see module docstring). Thread-safe.
+
+    `min_free_bytes`: no new file is started while the file system has less free space (`FreeSpace`); what is
+    being written then fails with `SpoolFull`, which the listener answers 0xA700."""
+
+    def __init__(self, root: Path, min_free_bytes: int = 0) -> None:
         self.root = Path(root)
         self.incoming = self.root / INCOMING_DIR
+        self.free_space = FreeSpace(self.root, min_free_bytes)
         self._syncs = _ConcurrentSyncs()
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
@@ -302,8 +341,14 @@ class Spool:
 
     def open_incoming(self, file_meta: FileMetaDataset) -> IncomingFile:
         """A temporary file holding the preamble and `file_meta`, for the dataset to be appended as it arrives and
-        then `commit()`ted under its final name or `discard()`ed. Raises OSError (e.g. no space)."""
+        then `commit()`ted under its final name or `discard()`ed. Raises OSError (e.g. no space; `SpoolFull` below
+        the free-space watermark)."""
         temporary = self.incoming / f"{uuid.uuid4().hex}.part"
+        try:
+            self.free_space.check()
+        except FileNotFoundError:  # the spool folder itself does not exist yet
+            self._ensure_dir(self.incoming)
+            self.free_space.check()
         try:
             descriptor = _create_exclusive(temporary)
         except FileNotFoundError:
@@ -336,6 +381,7 @@ class Spool:
         """
         final = self.path_for(study_uid, series_uid, sop_instance_uid)
         linked = False
+        self.free_space.note_written(incoming.size)
         with self._failures_mapped(final):
             try:
                 incoming.raise_failure()
@@ -379,6 +425,8 @@ class Spool:
     def _failures_mapped(self, final: Path) -> Iterator[None]:
         try:
             yield
+        except SpoolError:
+            raise
         except OSError as exc:
             if exc.errno in _NO_SPACE:
                 raise SpoolFull(exc.errno, f"spool {self.root} is full: {exc.strerror}") from exc
@@ -390,6 +438,47 @@ class Spool:
         if self.root.resolve() not in path.resolve().parents:
             raise ValueError(f"{path} is not inside the spool {self.root}")
         _unlink_quietly(path)
+
+    def study_dir(self, study_uid: str) -> Path:
+        return self.root / require_uid(study_uid, "StudyInstanceUID")
+
+    def set_aside(self, study_uid: str) -> Path | None:
+        """Move a study's folder out of the way (atomically, same file system) before it is deleted: a purge that
+        cannot commit puts it back with `put_back`. None when the study has no folder."""
+        aside = self.root / PURGING_DIR / f"{require_uid(study_uid, 'StudyInstanceUID')}.{uuid.uuid4().hex}"
+        self._ensure_dir(aside.parent)
+        try:
+            os.rename(self.study_dir(study_uid), aside)
+        except FileNotFoundError:
+            return None
+        return aside
+
+    def put_back(self, aside: Path, study_uid: str) -> None:
+        """Undo `set_aside`; files that arrived for the study meanwhile are kept, the set-aside ones join them."""
+        target = self.study_dir(study_uid)
+        try:
+            os.rename(aside, target)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+        for folder, _, names in os.walk(aside):
+            for name in names:
+                destination = target / Path(folder, name).relative_to(aside)
+                if not destination.exists():
+                    self._ensure_dir(destination.parent)
+                    os.rename(Path(folder, name), destination)
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def delete_set_aside(self, aside: Path) -> None:
+        if aside.parent != self.root / PURGING_DIR:
+            raise ValueError(f"{aside} was not set aside by the spool")
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def set_aside_folders(self) -> list[Path]:
+        """Folders set aside by purges that did not finish (a crash in between)."""
+        purging = self.root / PURGING_DIR
+        return sorted(purging.iterdir()) if purging.is_dir() else []
 
     def remove_incomplete(self) -> int:
         """Delete temporary files of writes that never completed; returns how many were removed."""

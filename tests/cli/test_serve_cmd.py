@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,13 +18,16 @@ runner = CliRunner()
 
 
 @pytest.fixture(autouse=True)
-def keep_logging() -> Iterator[None]:
-    """`serve` configures the root logger for the process; give the next tests theirs back."""
+def keep_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`serve` configures the root logger (and where warnings go, and what helper processes inherit) for the
+    process; give the next tests theirs back."""
+    monkeypatch.delenv("DICOM_AI_LOG_SETTINGS", raising=False)
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    handlers, level, show_warning = root.handlers[:], root.level, warnings.showwarning
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    warnings.showwarning = show_warning
 
 
 def serve(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -67,3 +71,8 @@ def test_unimportable_handler_names_the_key(tmp_path: Path) -> None:
 def test_bad_database_url_names_the_key(tmp_path: Path) -> None:
     code, out = serve("--data-dir", str(tmp_path / "var"), env={"DICOM_AI_DATABASE_URL": "nosuchdb://x/y"})
     assert code == 2 and "storage.database_url" in out
+
+
+def test_bad_log_format_names_the_key(tmp_path: Path) -> None:
+    code, out = serve("--data-dir", str(tmp_path / "var"), "--log-format", "xml")
+    assert code == 2 and "logging.format" in out

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import delete, update
 from typer.testing import CliRunner
 
 from dicom_ai.cli import app
 from dicom_ai.config import QueueSettings
 from dicom_ai.store.database import Database
+from dicom_ai.store.models import NodeRun
 from dicom_ai.store.node_runs import start_node_run, stop_node_run
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.records import ReceivedInstance
@@ -121,3 +125,24 @@ def test_commands_refuse_to_invent_a_database(tmp_path: Path) -> None:
     code, out = invoke("status", "--data-dir", str(tmp_path / "empty"))
     assert code == 1 and "no audit database" in out
     assert not (tmp_path / "empty").exists()
+
+
+def test_status_shows_every_live_listener_and_a_killed_one_as_gone(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'dicom-ai.sqlite'}")
+    start_node_run(database, "DICOM_AI", "127.0.0.1", 11112, False)  # this process: alive, fresh heartbeat
+    stop_node_run(database, start_node_run(database, "DICOM_AI", "127.0.0.1", 11113, False))
+    database.close()
+    code, out = invoke("status", "--data-dir", str(tmp_path), "--json")
+    status = json.loads(out)
+    assert [(item["port"], item["state"]) for item in status["listeners"]] == [(11112, "running")]
+    assert status["listener"]["port"] == 11112
+
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait(10)
+    database = Database(f"sqlite:///{tmp_path / 'dicom-ai.sqlite'}")
+    with database.session() as session:  # the node on 11112 was killed, and the latest run
+        session.execute(update(NodeRun).where(NodeRun.port == 11112).values(pid=killed.pid))
+        session.execute(delete(NodeRun).where(NodeRun.port == 11113))
+    database.close()
+    code, out = invoke("status", "--data-dir", str(tmp_path))
+    assert code == 0 and "11112 - not running: its process is gone" in out

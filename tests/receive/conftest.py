@@ -98,7 +98,8 @@ def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
 
     def start(data_dir: Path | None = None, **sections: Any) -> RunningNode:
         tree: dict[str, Any] = {"node": {"bind": "127.0.0.1", "port": 0, "acse_timeout": 5,
-                                         "network_timeout": 10, "dimse_timeout": 10}}
+                                         "network_timeout": 10, "dimse_timeout": 10},
+                                "retention": {"min_free_mib": 0}}  # tests' temporary folders may be on a small disk
         for section, values in sections.items():
             tree.setdefault(section, {})
             if isinstance(values, dict):
@@ -108,7 +109,7 @@ def start_node(tmp_path: Path) -> Iterator[NodeFactory]:
         overrides = {(section, key): value for section, values in tree.items() for key, value in values.items()}
         settings = load_settings(None, overrides, environ={})
         database = Database(settings.storage.resolved_database_url)
-        spool = Spool(settings.storage.spool_dir)
+        spool = Spool(settings.storage.spool_dir, min_free_bytes=settings.retention.min_free_bytes)
         listener = Listener(settings, database, spool)
         _, port = listener.start()
         node = RunningNode(settings, database, spool, listener, port)
