@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dicom_ai.job import AheadControl, PermanentJobError, StudyHandler, StudyJob
+from dicom_ai.store.node_runs import process_exists
 from dicom_ai.store.queue import JobQueue, LeaseLost
 from dicom_ai.store.records import ReceivingStudy
 from dicom_ai.store.stability import WAKE_MARGIN_SECONDS
@@ -44,15 +45,7 @@ def is_dead_local_worker(worker_id: str) -> bool:
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # exists, owned by someone else
-        return False
-    return False
+    return pid == os.getpid() or not process_exists(pid)
 
 
 @dataclass
