@@ -123,7 +123,8 @@ def _initialised(module: Any, request: RunRequest, progress: Progress) -> Any:
 def _loop_outcome(result: Any) -> dict[str, Any]:
     """A classifier or segmenter loop result as `RunOutcome` fields."""
     return dict(weights=result.weights_path, test=result.test.to_dict(), epochs=result.epochs,
-                best_epoch=result.best_epoch, train_seconds=result.train_seconds)
+                best_epoch=result.best_epoch, train_seconds=result.train_seconds,
+                operating_point=getattr(result, "operating_point", {}))
 
 
 def train_classifier_run(source: ClassificationSet, request: RunRequest, out: Path,
