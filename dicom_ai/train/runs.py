@@ -234,6 +234,29 @@ def finished_run(out_dir: Path) -> RunOutcome:
                       operating_point=metrics.get("operating_point", {}))
 
 
+def learning_curve(out_dir: Path) -> list[dict[str, Any]]:
+    """Per epoch of a run folder: the training loss and the validation metric the run selected on, from its own
+    log (`log.csv`) or ultralytics' (`run/results.csv`); empty when there is neither."""
+    import csv
+
+    rows: list[dict[str, Any]] = []
+    for path, fields in ((out_dir / "log.csv", {"train_loss": "train_loss", "val_accuracy": "val_accuracy",
+                                                 "val_dice": "val_dice"}),
+                         (out_dir / "run" / "results.csv", {"train/box_loss": "train_box_loss",
+                                                            "metrics/mAP50(B)": "val_mAP50",
+                                                            "metrics/mAP50-95(B)": "val_mAP50_95"})):
+        if not path.is_file():
+            continue
+        with path.open(newline="") as handle:
+            for raw in csv.DictReader(handle):
+                raw = {k.strip(): v for k, v in raw.items()}
+                row: dict[str, Any] = {"epoch": int(float(raw["epoch"]))}
+                row.update({name: float(raw[key]) for key, name in fields.items() if raw.get(key) not in (None, "")})
+                rows.append(row)
+        break
+    return rows
+
+
 def run_card(outcome: RunOutcome, name: str, version: str) -> ModelCard:
     """The model card of a finished single run, installed as `name`."""
     record = outcome.record
@@ -247,4 +270,4 @@ def run_card(outcome: RunOutcome, name: str, version: str) -> ModelCard:
         wall_seconds=record["wall_seconds"], epochs=outcome.epochs, best_epoch=outcome.best_epoch,
         test=outcome.test, cap=record["request"]["max_items"], operating_point=outcome.operating_point,
         minimum=MINIMUMS.get(record["dataset"], {}),
-        notes=_init_notes(record["request"].get("init_weights")))
+        notes=_init_notes(record["request"].get("init_weights")), curve=learning_curve(outcome.out_dir))
