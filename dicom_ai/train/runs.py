@@ -76,9 +76,16 @@ def _start(source: TrainingSet, request: RunRequest, out: Path) -> GroupedSplit:
 
 def _finish(source: TrainingSet, request: RunRequest, out: Path, split: GroupedSplit, started: float,
             **result: Any) -> RunOutcome:
+    requested = asdict(request)
+    earlier = out / "run.json"
+    if request.resume and request.init_weights is None and earlier.is_file():
+        # a resumed run still derives from what its first session started from
+        import json
+
+        requested["init_weights"] = json.loads(earlier.read_text())["request"].get("init_weights")
     record = {"dataset": source.name, "data": source.location, "task": source.task, "licence": source.licence,
               "split": {k: split.record[k] for k in ("seed", "counts", "fingerprint")},
-              "request": asdict(request), "machine": machine(), "wall_seconds": round(time.monotonic() - started, 1),
+              "request": requested, "machine": machine(), "wall_seconds": round(time.monotonic() - started, 1),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json(out / "run.json", record)
     return RunOutcome(out_dir=out, task=source.task, arch=request.arch, input_size=request.input_size,
