@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dicom_ai.config import Settings
@@ -25,7 +26,8 @@ def outbox_overview_json(overview: OutboxOverview) -> dict[str, object]:
 
 
 def print_outbox_overview(console: Console, overview: OutboxOverview) -> None:
-    """The outbox lines of `dicom-ai status`: counts per state, then the newest dead letters."""
+    """The outbox lines of `dicom-ai status`: counts per state, the newest dead letters, then the newest studies
+    whose sender is not in [nodes]."""
     counts = overview.by_state
     dead = counts.get(OutboxState.DEAD, 0)
     console.print("Outbox: " + ", ".join(f"{state} {count}" for state, count in counts.items())
@@ -35,6 +37,14 @@ def print_outbox_overview(console: Console, overview: OutboxOverview) -> None:
         for letter in overview.dead_letters:
             table.add_row(str(letter.id), letter.study_uid, letter.sop_instance_uid, letter.destination,
                           str(letter.attempts), letter.last_error.splitlines()[0][:90] if letter.last_error else "")
+        console.print(table)
+    if overview.unroutable:
+        console.print(escape("Results not sent back: the sender is not in [nodes] (to route a modality's results to "
+                             "the PACS: send.to_sender = false, send.extra_destinations = [\"PACS\"])"))
+        table = Table("study", "sender (calling AE)", "recorded (UTC)", title="Unroutable studies (newest)")
+        for study in overview.unroutable:
+            table.add_row(escape(study.study_uid), escape(study.calling_ae or "(none recorded)"),
+                          study.recorded_at[:19])
         console.print(table)
 
 

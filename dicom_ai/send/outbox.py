@@ -8,17 +8,21 @@ restarts; rows found `sending` at start-up were interrupted and are released. `r
 
 Audit events (kind, one per object and destination): `send.queued`, `send.stored` (an attempt that succeeded),
 `send.failed` (an attempt that failed, with the next attempt time), `send.dead` (the attempt that made it a dead
-letter, or an unroutable result), `send.interrupted`, `send.retry`; `send.unroutable` once per study whose sender
-is not in `[nodes]`.
+letter, or a row whose destination is no longer in `[nodes]`), `send.interrupted`, `send.retry`.
+
+A sender that is not in `[nodes]` (a modality's calling AE title, with no host or port to send to) is a
+configuration fact, not a delivery failure: `send.unroutable` is recorded once per study (and logged once), and no
+row is created for it, so nothing is retried or dead-lettered; the other destinations get their rows as usual.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from io import BytesIO
 from pathlib import Path
@@ -34,13 +38,13 @@ from dicom_ai.config import SendSettings, Settings
 from dicom_ai.send.backoff import backoff_delay
 from dicom_ai.send.destinations import DeliveryPlan
 from dicom_ai.store.database import Database, add_event
-from dicom_ai.store.models import utcnow
+from dicom_ai.store.models import Event, utcnow
 from dicom_ai.store.outbox_model import OutboxItem, OutboxState
 from dicom_ai.uids import require_uid
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_SENDER = "(unknown sender)"
+UNROUTABLE_EVENT = "send.unroutable"
 
 
 class OutboxWriteError(RuntimeError):
@@ -105,11 +109,23 @@ class DeadLetter:
 
 
 @dataclass(frozen=True)
+class UnroutableStudy:
+    """A study whose results could not go back to its sender (`send.unroutable`), as shown to operators."""
+
+    study_uid: str
+    calling_ae: str
+    recorded_at: str  # ISO 8601, UTC
+    reason: str
+
+
+@dataclass(frozen=True)
 class OutboxOverview:
-    """Deliveries per state (pending, sending, sent, dead) and the newest dead letters."""
+    """Deliveries per state (pending, sending, sent, dead), the newest dead letters and the newest studies whose
+    sender is not in `[nodes]`."""
 
     by_state: dict[str, int]
     dead_letters: list[DeadLetter]
+    unroutable: list[UnroutableStudy] = field(default_factory=list)
 
 
 def encode_part10(dataset: Dataset) -> bytes:
@@ -185,18 +201,22 @@ class Outbox:
 
     def enqueue(self, datasets: Sequence[Dataset | bytes], plan: DeliveryPlan, *, study_uid: str,
                 job_id: int | None = None) -> list[OutboxEntry]:
-        """Queue `datasets` (or encoded Part 10 files) for every destination of `plan`; dead-letter them for an
-        unresolved sender.
+        """Queue `datasets` (or encoded Part 10 files) for every destination of `plan`. An unresolved sender gets
+        no row: its `send.unroutable` event is recorded once per study (see the module docstring).
 
         Re-queueing an object (same SOP Instance UID, same destination) re-arms its row instead of adding one, so
         a re-processed study replaces its results at the destination rather than duplicating them.
         """
         if not datasets:
             return []
-        if not plan.destinations and plan.unresolved_sender is None:
-            self.database.record_event("send.skipped", study_uid=study_uid, job_id=job_id,
-                                       detail={"reason": "no destination: send.to_sender is off and "
-                                                         "send.extra_destinations is empty"})
+        if not plan.destinations:
+            with self.database.write_session() as session:
+                if plan.unresolved_sender is not None:
+                    _note_unroutable(session, plan, study_uid, job_id)
+                else:
+                    add_event(session, "send.skipped", study_uid=study_uid, job_id=job_id,
+                              detail={"reason": "no destination: send.to_sender is off and "
+                                                "send.extra_destinations is empty"})
             return []
         files: list[OutboxFile] = []
         try:
@@ -219,19 +239,7 @@ class Outbox:
                     session.flush()
                     entries.append(OutboxEntry.of(row))
             if plan.unresolved_sender is not None:
-                sender = plan.unresolved_sender or UNKNOWN_SENDER
-                add_event(session, "send.unroutable", study_uid=study_uid, job_id=job_id,
-                          detail={"calling_ae": plan.unresolved_sender, "reason": plan.unresolved_reason,
-                                  "objects": [item.sop_instance_uid for item in files]})
-                for item in files:
-                    row = _upsert(session, item, sender, plan.unresolved_sender[:16], job_id, now, replaced)
-                    row.state = OutboxState.DEAD
-                    row.last_error = plan.unresolved_reason
-                    add_event(session, "send.dead", study_uid=item.study_uid, job_id=job_id,
-                              series_uid=item.series_uid, sop_instance_uid=item.sop_instance_uid,
-                              detail={"destination": sender, "attempt": 0, "error": plan.unresolved_reason})
-                    session.flush()
-                    entries.append(OutboxEntry.of(row))
+                _note_unroutable(session, plan, study_uid, job_id)
         self._discard_unreferenced(replaced + [str(item.path) for item in files])
         return entries
 
@@ -296,6 +304,23 @@ class Outbox:
                       sop_instance_uid=row.sop_instance_uid, detail=detail)
             return OutboxState(row.state)
 
+    def record_undeliverable(self, entry: OutboxEntry, reason: str) -> OutboxState | None:
+        """The row's destination cannot be resolved (no longer in `[nodes]`, or a dead letter of an unknown sender
+        from an older version): trying again cannot help, so it is a dead letter at once, without backoff."""
+        now = self._clock()
+        with self.database.write_session() as session:
+            row = _claimed(session, entry)
+            if row is None:
+                return None
+            row.state = OutboxState.DEAD
+            row.last_error = reason
+            row.updated_at = now
+            add_event(session, "send.dead", study_uid=row.study_uid, job_id=row.job_id, series_uid=row.series_uid,
+                      sop_instance_uid=row.sop_instance_uid,
+                      detail={"destination": row.destination, "attempt": row.attempts, "error": reason,
+                              "settled": "the destination is not in [nodes]: not retried"})
+            return OutboxState.DEAD
+
     def release_interrupted(self) -> int:
         """Rows left `sending` by a stopped or crashed node go back to `pending` (run once at start-up)."""
         now = self._clock()
@@ -341,9 +366,14 @@ class Outbox:
         return {str(state): int(found.get(state, 0)) for state in OutboxState}
 
     def overview(self, dead_shown: int = 10) -> OutboxOverview:
-        """Counts per state and the newest dead letters (the `outbox` part of `dicom-ai status`)."""
+        """Counts per state, the newest dead letters and unroutable studies (the `outbox` part of `dicom-ai
+        status`)."""
         dead = self.entries(states=[OutboxState.DEAD], newest_first=True, limit=dead_shown)
-        return OutboxOverview(by_state=self.counts(), dead_letters=[DeadLetter.of(entry) for entry in dead])
+        with self.database.session() as session:
+            unroutable = [_unroutable_study(event) for event in session.scalars(
+                select(Event).where(Event.kind == UNROUTABLE_EVENT).order_by(Event.id.desc()).limit(dead_shown))]
+        return OutboxOverview(by_state=self.counts(), dead_letters=[DeadLetter.of(entry) for entry in dead],
+                              unroutable=unroutable)
 
     def entries(self, *, study_uid: str | None = None, states: Iterable[OutboxState] = (),
                 limit: int | None = None, newest_first: bool = False) -> list[OutboxEntry]:
@@ -378,6 +408,22 @@ class Outbox:
         for path in unique:
             if path not in still_needed:
                 Path(path).unlink(missing_ok=True)
+
+
+def _note_unroutable(session: Session, plan: DeliveryPlan, study_uid: str, job_id: int | None) -> None:
+    """Record (and log) once per study that its results cannot go back to its sender."""
+    if session.scalar(select(Event.id).where(Event.kind == UNROUTABLE_EVENT, Event.study_uid == study_uid).limit(1)):
+        return
+    log.warning("study %s: %s", study_uid, plan.unresolved_reason)
+    add_event(session, UNROUTABLE_EVENT, study_uid=study_uid, job_id=job_id,
+              detail={"calling_ae": plan.unresolved_sender, "reason": plan.unresolved_reason,
+                      "destinations": [destination.name for destination in plan.destinations]})
+
+
+def _unroutable_study(event: Event) -> UnroutableStudy:
+    detail = json.loads(event.detail) if event.detail.startswith("{") else {}
+    return UnroutableStudy(study_uid=event.study_uid or "", calling_ae=str(detail.get("calling_ae", "")),
+                           recorded_at=event.at.isoformat(), reason=str(detail.get("reason", event.detail)))
 
 
 def _upsert(session: Session, item: OutboxFile, destination: str, destination_ae: str, job_id: int | None,
