@@ -2,7 +2,8 @@
 
 - SEG (when a segmentation has segmented pixels),
 - the complete TID 1500 SR, and a boxes-only SR when there are detections (what OHIF 3.13 draws),
-- a Secondary Capture key image with the overlay burned in.
+- a Secondary Capture key image with the overlay burned in (none when no image of the series could be decoded;
+  the complete SR then says per instance why).
 
 All join the source study in new series (numbers 9000 + 10·series index + k) with deterministic UIDs from the
 source series, its instances and the model identities.
@@ -57,8 +58,10 @@ def build_series_outputs(source_datasets: Sequence[Dataset], findings: SeriesFin
         outputs.append(build_full_report(sources, plan, seg, boxes, series_number=base + 2, now=now, **uids("sr")))
     if boxes and "boxes" in kinds:
         outputs.append(build_box_report(sources, boxes, series_number=base + 3, now=now, **uids("boxes")))
-    if "key" in kinds:
-        outputs.append(build_key_image(sources, plan, series_number=base + 4, now=now, **uids("key")))
+    key_image = build_key_image(sources, plan, series_number=base + 4, now=now, **uids("key")) \
+        if "key" in kinds else None
+    if key_image is not None:
+        outputs.append(key_image)
     return outputs
 
 

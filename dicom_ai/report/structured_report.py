@@ -72,10 +72,17 @@ def _route_evaluation(decision: RouteDecision) -> hd.sr.QualitativeEvaluation:
 
 
 def _routing_group(sources: SeriesSources) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501: the route decisions, then one TEXT item per instance the pipeline could not analyse (saying why:
+    the report of a series whose images cannot be decoded says so instead of being missing)."""
     series = sources.findings.series_instance_uid
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid("route", series), identifier="Routing"),
         qualitative_evaluations=[_route_evaluation(d) for d in sources.findings.route])
+    group[0].ContentSequence.extend(
+        hd.sr.TextContentItem(name=codes.NOT_ANALYSED, value=f"{e.sop_instance_uid}: {e.stage}: {e.message}"[:1024],
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for e in sources.findings.errors)
+    return group
 
 
 def _box_group(sources: SeriesSources, detection: Detection, index: int) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
