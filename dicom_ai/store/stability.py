@@ -3,6 +3,9 @@
 A study is *stable* once no new instance (other than our own outputs) has arrived for `queue.stable_after_seconds`,
 or at once when an operator says so (`dicom-ai study complete UID`). There is no end-of-study signal in C-STORE, so
 the quiet period is the standard rule; a late instance re-opens the study (see `Database.record_instance`).
+A study that was still receiving when the node started gets a fresh quiet period from the start-up
+(`JobQueue.restart_quiet_periods`): while the node was down its sender could not send, so the time it was down
+says nothing about whether the study is complete.
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ log = logging.getLogger(__name__)
 WAKE_MARGIN_SECONDS = 0.02  # sleep a little past a quiet time's end, so it has ended by the database's clock too
 
 
-def mark_quiet_studies_stable(session: Session, now: datetime, quiet_period: timedelta) -> list[Study]:
-    """Move every receiving study that has been quiet for `quiet_period` to `stable`; return them."""
+def mark_quiet_studies_stable(session: Session, now: datetime, quiet_period: timedelta,
+                              quiet_from: datetime | None = None) -> list[Study]:
+    """Move every receiving study that has been quiet for `quiet_period` (counted from `quiet_from` at the
+    earliest: the node's start-up) to `stable`; return them."""
+    if quiet_from is not None and quiet_from > now - quiet_period:
+        return []
     quiet = list(session.scalars(
         select(Study).where(Study.state == StudyState.RECEIVING, Study.last_received_at <= now - quiet_period)
         .order_by(Study.last_received_at).with_for_update(skip_locked=True)

@@ -108,6 +108,23 @@ def test_study_becomes_stable_only_after_the_quiet_period(database: Database, qu
     assert "study.state" in event_kinds(database) and "job.queued" in event_kinds(database)
 
 
+def test_a_study_still_receiving_at_start_up_gets_a_fresh_quiet_period(database: Database, queue: JobQueue,
+                                                                      instance_factory: Factory,
+                                                                      clock: Clock) -> None:
+    """The node was killed during a transfer and is started again an hour later: the sender could not send
+    meanwhile, so the partial study must not count as complete at once."""
+    receive(database, instance_factory, clock)
+    clock.advance(3600)
+    assert queue.restart_quiet_periods() == [STUDY]
+    assert queue.enqueue_stable_studies() == []
+    assert queue.seconds_until_quiet(5) == 5 and queue.study_to_analyse_ahead(0.5, {}) is None
+    clock.advance(4.9)
+    assert queue.enqueue_stable_studies() == []
+    clock.advance(0.1)
+    assert len(queue.enqueue_stable_studies()) == 1
+    assert "study.quiet_period_restarted" in event_kinds(database)
+
+
 def test_claim_gives_instances_and_complete_marks_done(database: Database, queue: JobQueue,
                                                        instance_factory: Factory, clock: Clock) -> None:
     job_id = stable_job(database, queue, instance_factory, clock)
