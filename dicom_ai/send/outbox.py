@@ -35,7 +35,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dicom_ai.config import SendSettings, Settings
-from dicom_ai.send.backoff import backoff_delay
+from dicom_ai.backoff import backoff_delay
 from dicom_ai.send.destinations import DeliveryPlan
 from dicom_ai.store.database import Database, add_event
 from dicom_ai.store.models import Event, utcnow
@@ -163,7 +163,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except OSError as exc:
         temporary.unlink(missing_ok=True)
         raise OutboxWriteError(f"cannot write {path}: {exc.strerror or exc}; free space in the data directory "
-                               f"and re-run the job (`dicom-ai retry`)") from exc
+                               f"(`dicom-ai status` shows it): the job is tried again") from exc
 
 
 class Outbox:

@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from dicom_ai.backoff import backoff_delay
 from dicom_ai.config import QueueSettings
 from dicom_ai.store.database import Database, add_event, set_study_state
 from dicom_ai.store.models import Instance, Job, Series, Study, utcnow
@@ -294,7 +295,8 @@ class JobQueue:
         else:
             job.state = JobState.QUEUED
             job.worker_id = None
-            job.not_before = now + timedelta(seconds=self.settings.retry_delay_seconds)
+            job.not_before = now + backoff_delay(job.attempts, self.settings.retry_delay_seconds,
+                                                 self.settings.retry_delay_max_seconds)
             add_event(session, "job.attempt_failed", study_uid=study.study_uid, job_id=job.id,
                       detail={**detail, "retry_at": job.not_before.isoformat()})
             if study.state == StudyState.PROCESSING:

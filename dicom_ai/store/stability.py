@@ -20,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dicom_ai.store.database import set_study_state
+from dicom_ai.store.health import FailureLog
 from dicom_ai.store.models import Series, Study
 from dicom_ai.store.records import StudyState
 
@@ -68,6 +69,7 @@ class StabilityMonitor:
         self.on_queued = on_queued
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stability-monitor", daemon=True)
+        self._failures = FailureLog(log, "stability monitor")
 
     def start(self) -> None:
         self.run_once()  # jobs orphaned by a previous crash are due as soon as their lease ran out
@@ -94,8 +96,8 @@ class StabilityMonitor:
         poll = self.queue.settings.poll_seconds
         try:
             due = self.queue.seconds_until_quiet(self.queue.settings.stable_after_seconds)
-        except Exception:
-            log.exception("stability monitor: cannot read the next due study; polling")
+        except Exception as exc:
+            self._failures.failed(exc)
             return poll
         return poll if due is None else min(poll, due + WAKE_MARGIN_SECONDS)
 
@@ -103,5 +105,7 @@ class StabilityMonitor:
         while not self._stop.wait(self._next_wait()):
             try:
                 self.run_once()
-            except Exception:  # a locked or briefly unreachable database must not end the monitor
-                log.exception("stability monitor: round failed; trying again")
+            except Exception as exc:  # a full disk or an unreachable database must not end the monitor
+                self._failures.failed(exc)
+            else:
+                self._failures.succeeded()

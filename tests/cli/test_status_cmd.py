@@ -121,3 +121,24 @@ def test_commands_refuse_to_invent_a_database(tmp_path: Path) -> None:
     code, out = invoke("status", "--data-dir", str(tmp_path / "empty"))
     assert code == 1 and "no audit database" in out
     assert not (tmp_path / "empty").exists()
+
+
+def test_status_shows_the_free_space_of_the_data_directory(tmp_path: Path) -> None:
+    """Where spool, outbox and database live: when it is full, C-STOREs get 0xA700 and jobs wait for space."""
+    from tests.support.tmpfs import fill, mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "data", "4m") as data_dir:
+        node = Database(f"sqlite:///{data_dir / 'dicom-ai.sqlite'}")  # the running node's
+        filler = fill(data_dir)
+        try:
+            code, out = invoke("status", "--data-dir", str(data_dir), "--json")
+        finally:
+            filler.unlink()
+            node.close()
+        assert code == 0, out
+        space = json.loads(out)["data_dir_space"]
+        assert space["path"] == str(data_dir) and space["free_bytes"] < 65536
+        assert 3_000_000 < space["total_bytes"] <= 4 * 1024 * 1024
+        code, out = invoke("status", "--data-dir", str(data_dir))
+        assert code == 0, out
+        assert f"Data directory: {data_dir} - " in out and " MB free of 4.2 MB" in out

@@ -1,9 +1,8 @@
 """A full spool: the C-STORE is answered 0xA700 (Refused: Out of Resources), nothing is recorded as received and no
-partial file remains. The spool is a 1 MiB tmpfs (needs root, as in CI; skipped where mounting is not allowed)."""
+partial file remains. The spool is a 1 MiB tmpfs (tests/support/tmpfs.py)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from tests.receive.conftest import NodeFactory, store_with_pynetdicom
+from tests.support.tmpfs import mounted_tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -21,16 +21,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture()
 def tiny_spool(tmp_path: Path) -> Iterator[Path]:
     data_dir = tmp_path / "data"
-    spool = data_dir / "spool"
-    spool.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(spool)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs spool here (needs root): {mounted.stderr.strip()}")
-    try:
+    with mounted_tmpfs(data_dir / "spool", "1m"):
         yield data_dir
-    finally:
-        subprocess.run(["umount", "-l", str(spool)], check=False)
 
 
 def _large_ct(directory: Path, size: int = 1024) -> Path:
