@@ -66,7 +66,7 @@ class Dispatcher:
         if destination is None:
             reason = (f"destination {name!r} is neither a node name nor a node AE title in [nodes]; add it to "
                       f"[nodes], then `dicom-ai retry --outbox`")
-            return [self.outbox.record_undeliverable(entry, reason) for entry in batch]
+            return [self.outbox.record_failure(entry, reason, final=True) for entry in batch]
         try:
             outcomes = self._send(destination, batch)
         except DeliveryConfigError as exc:

@@ -278,9 +278,10 @@ class Outbox:
         self._discard_unreferenced([str(entry.file_path)])
         return True
 
-    def record_failure(self, entry: OutboxEntry, error: str) -> OutboxState | None:
-        """An attempt failed: back to `pending` after the backoff, or `dead` after `send.max_attempts` attempts.
-        Returns the new state (None if the row changed meanwhile)."""
+    def record_failure(self, entry: OutboxEntry, error: str, *, final: bool = False) -> OutboxState | None:
+        """An attempt failed: back to `pending` after the backoff, or `dead` after `send.max_attempts` attempts, or
+        at once when it is `final` (trying again cannot help: the destination is not in `[nodes]`). Returns the new
+        state (None if the row changed meanwhile)."""
         now = self._clock()
         with self.database.write_session() as session:
             row = _claimed(session, entry)
@@ -291,7 +292,7 @@ class Outbox:
             detail: dict[str, Any] = {"destination": row.destination, "ae_title": row.destination_ae,
                                       "attempt": row.attempts, "max_attempts": self.settings.max_attempts,
                                       "error": error}
-            if row.attempts >= self.settings.max_attempts:
+            if final or row.attempts >= self.settings.max_attempts:
                 row.state = OutboxState.DEAD
                 kind = "send.dead"
             else:
@@ -303,23 +304,6 @@ class Outbox:
             add_event(session, kind, study_uid=row.study_uid, job_id=row.job_id, series_uid=row.series_uid,
                       sop_instance_uid=row.sop_instance_uid, detail=detail)
             return OutboxState(row.state)
-
-    def record_undeliverable(self, entry: OutboxEntry, reason: str) -> OutboxState | None:
-        """The row's destination cannot be resolved (no longer in `[nodes]`, or a dead letter of an unknown sender
-        from an older version): trying again cannot help, so it is a dead letter at once, without backoff."""
-        now = self._clock()
-        with self.database.write_session() as session:
-            row = _claimed(session, entry)
-            if row is None:
-                return None
-            row.state = OutboxState.DEAD
-            row.last_error = reason
-            row.updated_at = now
-            add_event(session, "send.dead", study_uid=row.study_uid, job_id=row.job_id, series_uid=row.series_uid,
-                      sop_instance_uid=row.sop_instance_uid,
-                      detail={"destination": row.destination, "attempt": row.attempts, "error": reason,
-                              "settled": "the destination is not in [nodes]: not retried"})
-            return OutboxState.DEAD
 
     def release_interrupted(self) -> int:
         """Rows left `sending` by a stopped or crashed node go back to `pending` (run once at start-up)."""

@@ -19,9 +19,9 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from tests.e2e.served_node import REPO_ROOT, ServedNode, free_port
+from tests.e2e.served_node import ServedNode, free_port
 from tests.e2e.studies import brain_mr_study
-from tests.e2e.test_findings_back import RESULTS_TIMEOUT, SR_CLASSES, datasets_in, models_for_the_node
+from tests.e2e.test_findings_back import RESULTS_TIMEOUT, SR_CLASSES, datasets_in, node_sending_to
 from tests.support.orthanc import OrthancNode
 from tests.support.waiting import wait_for
 
@@ -35,13 +35,7 @@ def site(tmp_path: Path) -> Iterator[tuple[OrthancNode, ServedNode]]:
     node_port = free_port()
     pacs = OrthancNode(tmp_path / "orthanc", modalities={"DICOM_AI": ("DICOM_AI", "127.0.0.1", node_port)})
     pacs.start()
-    node = ServedNode(tmp_path / "node", {
-        "nodes.PACS": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port},
-        "queue": {"stable_after_seconds": 1.0, "poll_seconds": 0.2},
-        "send": {"poll_seconds": 0.2, "backoff_initial_seconds": 1, "backoff_max_seconds": 5},
-        "pipeline": {"device": "cpu", "models_dir": str(models_for_the_node(tmp_path / "models")),
-                     "routing_file": str(REPO_ROOT / "models" / "routing.toml")},
-    }, port=node_port)
+    node = node_sending_to(pacs, tmp_path, node_port)
     try:
         node.start()
         yield pacs, node
