@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from dicom_ai.job import AheadControl, PermanentJobError, StudyHandler, StudyJob
-from dicom_ai.store.health import FailureLog, is_out_of_space, summary
+from dicom_ai.store.health import FailureLog, is_out_of_space, is_transient, summary
 from dicom_ai.store.queue import JobQueue, LeaseLost
 from dicom_ai.store.records import ReceivingStudy
 from dicom_ai.store.stability import WAKE_MARGIN_SECONDS
@@ -255,9 +255,9 @@ class Worker:
 
     def _write_outcome(self, job: StudyJob, write: Callable[[], _T]) -> _T:
         """`write` a job's outcome (queue.fail / queue.complete), trying again every `queue.poll_seconds` while the
-        database cannot be written (a full disk): the job stays held, so it is neither left `running` until its
-        lease expires nor run again meanwhile. Raises LeaseLost, or the last error when the node stops first (the
-        lease then expires and the attempt counts as failed)."""
+        database cannot be written for now (a full disk, a lock: `is_transient`): the job stays held, so it is
+        neither left `running` until its lease expires nor run again meanwhile. Raises LeaseLost, any other error,
+        or the last one when the node stops first (the lease then expires and the attempt counts as failed)."""
         failures = FailureLog(log, f"job {job.job_id}: writing its outcome")
         while True:
             try:
@@ -265,6 +265,8 @@ class Worker:
             except LeaseLost:
                 raise
             except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 failures.failed(exc)
                 if self._stopping.wait(self.queue.settings.poll_seconds):
                     raise

@@ -14,6 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy.exc import OperationalError
+
 OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # SQLite (SQLITE_FULL), PostgreSQL (53100 disk_full: "could not extend file ...: No space left on device"), OS
 OUT_OF_SPACE_TEXTS = ("database or disk is full", "no space left on device", "disk quota exceeded")
@@ -31,6 +33,12 @@ def is_out_of_space(exc: BaseException) -> bool:
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A condition that passes without a code change: a full disk, or the database refusing an operation for now
+    (locked, unreachable: SQLAlchemy's OperationalError)."""
+    return is_out_of_space(exc) or isinstance(exc, OperationalError)
 
 
 def summary(exc: BaseException) -> str:

@@ -78,3 +78,11 @@ def test_the_stability_monitor_logs_a_full_disk_once_not_every_round(tmp_path: P
         finally:
             monitor.stop()
             database.close()
+
+
+def test_only_conditions_that_pass_by_themselves_are_transient() -> None:
+    from dicom_ai.store.health import is_transient
+
+    assert is_transient(OSError(errno.ENOSPC, "No space left on device"))
+    assert is_transient(OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked")))
+    assert not is_transient(RuntimeError("a bug in the queue"))
