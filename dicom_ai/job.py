@@ -173,8 +173,9 @@ def report_and_send(job: StudyJob, sources: Sequence[Dataset], findings: StudyFi
 
     With a `report_process`, the complete SRs are built there meanwhile (dicom_ai.report.process), and what the
     viewer shows (SEG, boxes SR, key images) is queued first. Returns once every object is safely in the outbox
-    (`send.queued` per object and destination, or a dead letter with the reason when the sender is not in [nodes]);
-    delivery itself is the dispatcher's (`send.stored`).
+    (`send.queued` per object and destination; `send.unroutable`, once per study, when the sender is not in
+    [nodes]); delivery itself is the dispatcher's (`send.stored`). New SRs supersede those built for the study
+    before (`results_built_before`).
     """
     for outputs in build_reports(sources, findings, report_process, job.results_built_before()):
         _queue_outputs(job, sender, outputs)
@@ -215,10 +216,10 @@ def build_reports(sources: Sequence[Dataset], findings: StudyFindings, report_pr
 def _queue_outputs(job: StudyJob, sender: ResultSender, outputs: Sequence[Dataset | bytes]) -> None:
     headers = [part10_summary(item) if isinstance(item, bytes) else item for item in outputs]
     job.record(BUILT_EVENT, {"objects": [{"sop_instance_uid": str(ds.SOPInstanceUID),
-                                             "sop_class_uid": str(ds.SOPClassUID),
-                                             "series_instance_uid": str(ds.SeriesInstanceUID),
-                                             "series_description": str(ds.get("SeriesDescription", ""))}
-                                            for ds in headers]})
+                                          "sop_class_uid": str(ds.SOPClassUID),
+                                          "series_instance_uid": str(ds.SeriesInstanceUID),
+                                          "series_description": str(ds.get("SeriesDescription", ""))}
+                                         for ds in headers]})
     if not outputs:
         return
     submitted = sender.submit(outputs, study_uid=job.study_uid, calling_ae=job.calling_ae, job_id=job.job_id)

@@ -34,8 +34,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dicom_ai.config import SendSettings, Settings
 from dicom_ai.backoff import backoff_delay
+from dicom_ai.config import SendSettings, Settings
 from dicom_ai.send.destinations import DeliveryPlan
 from dicom_ai.store.database import Database, add_event
 from dicom_ai.store.models import Event, utcnow
