@@ -2,8 +2,9 @@
 bugs and logged once per change instead of once per round, and the free space of the data directory.
 
 Used by the loops that must outlive such conditions: the stability monitor, the worker (its loop, heartbeats and the
-recording of a job's outcome) and the send dispatcher, each with its own `FailureLog`; and by `dicom-ai status`
-(`disk_space`).
+recording of a job's outcome), the send dispatcher and the instance recorder, each with its own `FailureLog`; by the
+listener, which logs an association or refusal it cannot audit in one line (`is_transient`, `summary`); and by
+`dicom-ai status` (`disk_space`).
 """
 
 from __future__ import annotations

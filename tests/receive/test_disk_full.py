@@ -3,6 +3,7 @@ partial file remains. The spool is a 1 MiB tmpfs (tests/support/tmpfs.py)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
 
 from tests.receive.conftest import NodeFactory, store_with_pynetdicom
-from tests.support.tmpfs import mounted_tmpfs
+from tests.support.tmpfs import fill, mounted_tmpfs
 
 pytestmark = pytest.mark.integration
 
@@ -47,3 +49,52 @@ def test_full_spool_answers_out_of_resources_and_records_nothing(
     assert node.spooled_files() == [Path(row.spool_path)]
     refused = node.events("instance.refused")
     assert len(refused) == 1 and "0xA700" in refused[0].detail and "full" in refused[0].detail
+
+
+def _store_filling_the_disk(port: int, data_dir: Path, *, before_association: bool) -> int | None:
+    """C-STORE CT_small with the data directory filled before the association or between it and the C-STORE;
+    the status (None: the association was aborted). The disk has its space back afterwards."""
+    small = get_testdata_file("CT_small.dcm")
+    ae = AE(ae_title="MODALITY")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    filler = fill(data_dir) if before_association else None
+    try:
+        association = ae.associate("127.0.0.1", port, ae_title="DICOM_AI")
+        if filler is None:
+            filler = fill(data_dir)
+        try:
+            response = association.send_c_store(pydicom.dcmread(small))
+        except RuntimeError:  # aborted before the request could go out
+            return None
+        association.release()
+        return int(response.Status) if "Status" in response else None
+    finally:
+        if filler is not None:
+            filler.unlink()
+
+
+def test_a_full_database_aborts_associations_in_one_line_without_a_traceback(
+        start_node: NodeFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Spool and database on the same full disk (the default layout): the association cannot be audited, so it is
+    aborted (no audit row, no data; the sender tries again later), and the log says so in one line."""
+    with mounted_tmpfs(tmp_path / "data", "4m") as data_dir:
+        node = start_node(data_dir=data_dir)
+        with caplog.at_level(logging.INFO):
+            assert _store_filling_the_disk(node.port, data_dir, before_association=True) is None
+        assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+        [aborted] = [r for r in caplog.records if "cannot record the association" in r.getMessage()]
+        assert "disk full" in aborted.getMessage()
+
+
+def test_an_instance_refused_on_a_full_disk_that_cannot_be_audited_is_one_line(
+        start_node: NodeFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The disk fills during the association: the instance is refused 0xA700, and that its refusal cannot be
+    audited either is one line, not a traceback per instance."""
+    with mounted_tmpfs(tmp_path / "data", "4m") as data_dir:
+        node = start_node(data_dir=data_dir)
+        with caplog.at_level(logging.INFO):
+            assert _store_filling_the_disk(node.port, data_dir, before_association=False) == 0xA700
+        assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+        [unaudited] = [r for r in caplog.records if "cannot audit the refused instance" in r.getMessage()]
+        assert "disk full" in unaudited.getMessage()
