@@ -14,8 +14,9 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 
-from tests.receive.conftest import NodeFactory, store_with_pynetdicom
+from tests.receive.conftest import NodeFactory, RunningNode, store_with_pynetdicom
 from tests.support.tmpfs import fill, mounted_tmpfs
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -51,18 +52,19 @@ def test_full_spool_answers_out_of_resources_and_records_nothing(
     assert len(refused) == 1 and "0xA700" in refused[0].detail and "full" in refused[0].detail
 
 
-def _store_filling_the_disk(port: int, data_dir: Path, *, before_association: bool) -> int | None:
-    """C-STORE CT_small with the data directory filled before the association or between it and the C-STORE;
+def _store_filling_the_disk(node: RunningNode, *, before_association: bool) -> int | None:
+    """C-STORE CT_small with the node's data directory filled before the association or once it is recorded;
     the status (None: the association was aborted). The disk has its space back afterwards."""
     small = get_testdata_file("CT_small.dcm")
     ae = AE(ae_title="MODALITY")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    filler = fill(data_dir) if before_association else None
+    filler = fill(node.data_dir) if before_association else None
     try:
-        association = ae.associate("127.0.0.1", port, ae_title="DICOM_AI")
+        association = ae.associate("127.0.0.1", node.port, ae_title="DICOM_AI")
         if filler is None:
-            filler = fill(data_dir)
+            wait_for(lambda: bool(node.associations()))  # recorded right after the acceptance was sent
+            filler = fill(node.data_dir)
         try:
             response = association.send_c_store(pydicom.dcmread(small))
         except RuntimeError:  # aborted before the request could go out
@@ -81,7 +83,7 @@ def test_a_full_database_aborts_associations_in_one_line_without_a_traceback(
     with mounted_tmpfs(tmp_path / "data", "4m") as data_dir:
         node = start_node(data_dir=data_dir)
         with caplog.at_level(logging.INFO):
-            assert _store_filling_the_disk(node.port, data_dir, before_association=True) is None
+            assert _store_filling_the_disk(node, before_association=True) is None
         assert [r.getMessage() for r in caplog.records if r.exc_info] == []
         [aborted] = [r for r in caplog.records if "cannot record the association" in r.getMessage()]
         assert "disk full" in aborted.getMessage()
@@ -94,7 +96,7 @@ def test_an_instance_refused_on_a_full_disk_that_cannot_be_audited_is_one_line(
     with mounted_tmpfs(tmp_path / "data", "4m") as data_dir:
         node = start_node(data_dir=data_dir)
         with caplog.at_level(logging.INFO):
-            assert _store_filling_the_disk(node.port, data_dir, before_association=False) == 0xA700
+            assert _store_filling_the_disk(node, before_association=False) == 0xA700
         assert [r.getMessage() for r in caplog.records if r.exc_info] == []
         [unaudited] = [r for r in caplog.records if "cannot audit the refused instance" in r.getMessage()]
         assert "disk full" in unaudited.getMessage()
