@@ -139,7 +139,9 @@ class QueueSettings(_Section):
     lease_seconds: float = Field(60.0, gt=0)
     heartbeat_seconds: float = Field(10.0, gt=0)
     max_attempts: int = Field(3, ge=1)
-    retry_delay_seconds: float = Field(10.0, ge=0, description="wait before a failed attempt is tried again")
+    retry_delay_seconds: float = Field(30.0, ge=0, description="wait after a failed attempt; doubles after each "
+                                                              "further failure, up to retry_delay_max_seconds")
+    retry_delay_max_seconds: float = Field(600.0, ge=0)
     poll_seconds: float = Field(1.0, gt=0)
     analyse_ahead_after_seconds: float = Field(
         0.5, ge=0, description="an idle worker analyses a receiving study once it has been quiet this long, before it "
@@ -148,6 +150,12 @@ class QueueSettings(_Section):
     handler: str = Field(
         "", description="testing/extension hook: 'package.module:callable' run for each job instead of the pipeline"
     )
+
+    @model_validator(mode="after")
+    def _retry_delay_range(self) -> "QueueSettings":
+        if self.retry_delay_max_seconds < self.retry_delay_seconds:
+            raise ValueError("retry_delay_max_seconds: must be at least retry_delay_seconds")
+        return self
 
     @field_validator("handler")
     @classmethod

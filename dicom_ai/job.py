@@ -31,6 +31,7 @@ from dicom_ai.send.outbox import part10_summary
 from dicom_ai.send.sender import ResultSender
 from dicom_ai.store.database import Database
 from dicom_ai.store.records import ClaimedJob, JobInstance, ReceivingStudy
+from dicom_ai.store.results import BUILT_EVENT, results_built
 
 if TYPE_CHECKING:
     from dicom_ai.models.registry import ModelRegistry
@@ -69,6 +70,10 @@ class StudyJob:
     def record(self, kind: str, detail: str | dict[str, Any] = "") -> None:
         """Add an event (e.g. "pipeline.routed", "send.stored") to this study's audit trail."""
         self._database.record_event(kind, study_uid=self.study_uid, job_id=self.job_id, detail=detail)
+
+    def results_built_before(self) -> list[Dataset]:
+        """Headers of the objects earlier jobs built for this study, oldest first: what a re-analysis supersedes."""
+        return previous_results(self._database, self.study_uid)
 
     @property
     def stop_requested(self) -> bool:
@@ -150,25 +155,38 @@ def build_study_handler(settings: Settings, database: Database,
     return _analyse_study_handler(settings, database, sender or ResultSender(settings, database))
 
 
+def previous_results(database: Database, study_uid: str) -> list[Dataset]:
+    """The objects built for the study before (`results_built`), as the headers the report stage takes as
+    `previous`."""
+    headers = []
+    for result in results_built(database, study_uid):
+        header = Dataset()
+        header.StudyInstanceUID, header.SeriesInstanceUID = result.study_uid, result.series_uid
+        header.SOPClassUID, header.SOPInstanceUID = result.sop_class_uid, result.sop_instance_uid
+        headers.append(header)
+    return headers
+
+
 def report_and_send(job: StudyJob, sources: Sequence[Dataset], findings: StudyFindings, sender: ResultSender,
                     report_process: ReportProcess | None = None) -> None:
     """The last hops of a job: findings -> DICOM objects (report stage) -> the durable outbox (send stage).
 
     With a `report_process`, the complete SRs are built there meanwhile (dicom_ai.report.process), and what the
     viewer shows (SEG, boxes SR, key images) is queued first. Returns once every object is safely in the outbox
-    (`send.queued` per object and destination, or a dead letter with the reason when the sender is not in [nodes]);
-    delivery itself is the dispatcher's (`send.stored`).
+    (`send.queued` per object and destination; `send.unroutable`, once per study, when the sender is not in
+    [nodes]); delivery itself is the dispatcher's (`send.stored`). New SRs supersede those built for the study
+    before (`results_built_before`).
     """
-    for outputs in build_reports(sources, findings, report_process):
+    for outputs in build_reports(sources, findings, report_process, job.results_built_before()):
         _queue_outputs(job, sender, outputs)
 
 
-def build_reports(sources: Sequence[Dataset], findings: StudyFindings,
-                  report_process: ReportProcess | None = None) -> Iterator[Sequence[Dataset | bytes]]:
+def build_reports(sources: Sequence[Dataset], findings: StudyFindings, report_process: ReportProcess | None = None,
+                  previous: Sequence[Dataset] = ()) -> Iterator[Sequence[Dataset | bytes]]:
     """The study's DICOM objects (report stage): all at once, or with a `report_process`, first what the viewer
     shows (built here while the helper builds the complete SRs), then the complete SRs as Part 10 bytes. A helper
     that fails, or does not answer within REPORT_PROCESS_TIMEOUT_SECONDS, is replaced and the complete SRs are
-    built here."""
+    built here. `previous`: the objects built for the study before, which the new SRs supersede."""
     # Imported when a job runs, not with this module: highdicom adds ~0.7 s to every `dicom-ai` command.
     from dicom_ai.report import KINDS, REPORT_KINDS, VIEWER_KINDS, build_outputs
 
@@ -176,11 +194,12 @@ def build_reports(sources: Sequence[Dataset], findings: StudyFindings,
     reports = None
     if report_process is not None:
         try:
-            reports = report_process.submit(sources, findings, now)
+            reports = report_process.submit(sources, findings, now, previous)
         except Exception:
             log.exception("cannot hand the complete reports of study %s to the report process; building them here",
                           findings.study_instance_uid)
-    yield build_outputs(list(sources), findings, now=now, kinds=KINDS if reports is None else VIEWER_KINDS)
+    yield build_outputs(list(sources), findings, now=now, kinds=KINDS if reports is None else VIEWER_KINDS,
+                        previous=previous)
     if reports is None or report_process is None:
         return
     try:
@@ -191,15 +210,16 @@ def build_reports(sources: Sequence[Dataset], findings: StudyFindings,
                     f"did not answer within {REPORT_PROCESS_TIMEOUT_SECONDS:g} s (killed)",
                     findings.study_instance_uid)
         report_process.restart()
-        yield build_outputs(list(sources), findings, now=now, kinds=REPORT_KINDS)
+        yield build_outputs(list(sources), findings, now=now, kinds=REPORT_KINDS, previous=previous)
 
 
 def _queue_outputs(job: StudyJob, sender: ResultSender, outputs: Sequence[Dataset | bytes]) -> None:
     headers = [part10_summary(item) if isinstance(item, bytes) else item for item in outputs]
-    job.record("report.built", {"objects": [{"sop_instance_uid": str(ds.SOPInstanceUID),
-                                             "sop_class_uid": str(ds.SOPClassUID),
-                                             "series_description": str(ds.get("SeriesDescription", ""))}
-                                            for ds in headers]})
+    job.record(BUILT_EVENT, {"objects": [{"sop_instance_uid": str(ds.SOPInstanceUID),
+                                          "sop_class_uid": str(ds.SOPClassUID),
+                                          "series_instance_uid": str(ds.SeriesInstanceUID),
+                                          "series_description": str(ds.get("SeriesDescription", ""))}
+                                         for ds in headers]})
     if not outputs:
         return
     submitted = sender.submit(outputs, study_uid=job.study_uid, calling_ae=job.calling_ae, job_id=job.job_id)
@@ -346,7 +366,8 @@ class AnalyseStudy:
         try:
             analysis = self._analyse(study.instances, control.keep_going)
             if control.keep_going() and not control.study_due():
-                reports = tuple(build_reports(analysis.sources, analysis.findings, self._running_report_process()))
+                reports = tuple(build_reports(analysis.sources, analysis.findings, self._running_report_process(),
+                                              previous_results(self.database, study.study_uid)))
                 analysis = dataclasses.replace(analysis, reports=reports)
             log.info("study %s analysed ahead (%d instances%s)", study.study_uid, len(study.instances),
                      ", reports built" if analysis.reports is not None else "")

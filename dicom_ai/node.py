@@ -80,6 +80,10 @@ class Node:
             # Every process using a SQLite file runs on this host, so a job held by a worker process that no longer
             # exists (the node was killed) can run again at once instead of after its lease (queue.lease_seconds).
             queue.reclaim_orphans(is_dead_local_worker)
+        restarted = queue.restart_quiet_periods()
+        if restarted:
+            log.info("%d study(ies) were receiving when the node stopped; each is analysed once no instance has "
+                     "arrived for %g s from now", len(restarted), settings.queue.stable_after_seconds)
         run_id, database = self._run_id, self.database
         self.worker = Worker(queue, handler, threads=settings.queue.workers, stop_timeout=self._stop_timeout)
         worker = self.worker

@@ -4,6 +4,9 @@ The handler (dicom_ai.job) is the glue pipeline -> report -> send; this module i
 lease, heartbeat while the handler runs, `complete` when it returns, `fail` when it raises (the error text goes to
 the audit trail), `release` on a graceful stop. A job is never marked done unless the handler returned. With no job
 to run, the first thread lets the handler analyse a quiet receiving study ahead (`queue.analyse_ahead_after_seconds`).
+When the outcome cannot be written (the disk holding the database is full), the worker keeps the job and its
+heartbeats and writes the outcome as soon as it can, instead of leaving the job `running` until its lease expires;
+such conditions are logged once per change (dicom_ai.store.health), not once per round.
 """
 
 from __future__ import annotations
@@ -17,14 +20,18 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from dicom_ai.job import AheadControl, PermanentJobError, StudyHandler, StudyJob
 from dicom_ai.store.node_runs import process_exists
+from dicom_ai.store.health import FailureLog, is_out_of_space, is_transient, summary
 from dicom_ai.store.queue import JobQueue, LeaseLost
 from dicom_ai.store.records import ReceivingStudy
 from dicom_ai.store.stability import WAKE_MARGIN_SECONDS
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 ANALYSED_AHEAD_REMEMBERED = 1000  # studies whose analysis ahead the worker remembers (then it forgets them all)
 
@@ -137,6 +144,7 @@ class Worker:
                 log.exception("worker %s: warm-up failed; jobs load what they need", worker_id)
         # Only the first thread analyses ahead: it is the one whose torch threads the warm-up prepared.
         analyse_ahead = getattr(self.handler, "analyse_ahead", None) if first else None
+        failures = FailureLog(log, f"worker {worker_id}")
         while not self._stopping.is_set():
             self._wake.clear()  # before claiming: a job queued after this point sets it again
             idle = self.queue.settings.poll_seconds
@@ -145,9 +153,11 @@ class Worker:
                                                       self.analyse_ahead_once(analyse_ahead))
                 if not worked and callable(analyse_ahead):
                     idle = self._until_next_analysis_ahead(idle)
-            except Exception:  # a database hiccup must not kill the worker thread
-                log.exception("worker %s: error while taking a job; retrying", worker_id)
+            except Exception as exc:  # a database hiccup or a full disk must not kill the worker thread
+                failures.failed(exc)
                 worked = False
+            else:
+                failures.succeeded()
             if not worked:
                 self._wake.wait(idle)
 
@@ -219,25 +229,47 @@ class Worker:
                 except LeaseLost:
                     pass
                 return
-            error = f"{type(exc).__name__}: {exc}"
+            error = summary(exc) if is_out_of_space(exc) else f"{type(exc).__name__}: {exc}"
             trace = "".join(traceback.format_exception(exc)[-6:])
             try:
-                state = self.queue.fail(job.job_id, worker_id, f"{error}\n{trace}",
-                                        permanent=isinstance(exc, PermanentJobError))
+                state = self._write_outcome(job, lambda: self.queue.fail(
+                    job.job_id, worker_id, f"{error}\n{trace}", permanent=isinstance(exc, PermanentJobError)))
                 log.error("job %d: attempt %d failed (%s); job is now %s", job.job_id, job.attempt, error, state)
             except LeaseLost as lost:
                 log.error("job %d failed after its lease was lost: %s", job.job_id, lost)
             return
         try:
-            self.queue.complete(job.job_id, worker_id)
+            self._write_outcome(job, lambda: self.queue.complete(job.job_id, worker_id))
             log.info("job %d: done (study %s)", job.job_id, job.study_uid)
         except LeaseLost as lost:
             # Someone else holds (or will re-run) the job now; its outcome is theirs to record.
             log.error("job %d finished after its lease was lost: %s", job.job_id, lost)
             job.record("job.result_discarded", {"worker": worker_id, "reason": str(lost)})
 
+    def _write_outcome(self, job: StudyJob, write: Callable[[], _T]) -> _T:
+        """`write` a job's outcome (queue.fail / queue.complete), trying again every `queue.poll_seconds` while the
+        database cannot be written for now (a full disk, a lock: `is_transient`): the job stays held, so it is
+        neither left `running` until its lease expires nor run again meanwhile. Raises LeaseLost, any other error,
+        or the last one when the node stops first (the lease then expires and the attempt counts as failed)."""
+        failures = FailureLog(log, f"job {job.job_id}: writing its outcome")
+        while True:
+            try:
+                outcome = write()
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                failures.failed(exc)
+                if self._stopping.wait(self.queue.settings.poll_seconds):
+                    raise
+                continue
+            failures.succeeded()
+            return outcome
+
     def _heartbeat_loop(self) -> None:
         interval = self.queue.settings.heartbeat_seconds
+        failures = FailureLog(log, "worker heartbeat")
         while not self._stopped.wait(interval):
             with self._held_lock:
                 held = list(self._held.items())
@@ -246,5 +278,7 @@ class Worker:
                     if not self.queue.heartbeat(job_id, entry.worker_id):
                         log.error("job %d: lease lost (reclaimed by the queue); asking its handler to stop", job_id)
                         entry.job._stop.set()
-                except Exception:
-                    log.exception("job %d: heartbeat failed; will try again", job_id)
+                except Exception as exc:
+                    failures.failed(exc)
+                else:
+                    failures.succeeded()

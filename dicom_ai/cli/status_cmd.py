@@ -19,6 +19,7 @@ from dicom_ai.cli.render import escape, literal, print_out, table, uid_column
 from dicom_ai.config import Settings
 from dicom_ai.job import models_status
 from dicom_ai.store.database import Database, DatabaseError, open_database
+from dicom_ai.store.health import disk_space
 from dicom_ai.store.overview import (
     EventRecord,
     ListenerState,
@@ -38,7 +39,7 @@ app.add_typer(study_app, name="study")
 
 STATUS_JSON_KEYS = ("configured_listener", "listener", "schema_version", "queue_depth", "jobs_by_state",
                     "studies_by_state", "running_jobs", "failed_jobs", "recent_studies", "models", "outbox",
-                    "listeners")
+                    "listeners", "data_dir_space")
 INSTANCE_ROWS_SHOWN = 20
 DETAIL_CHARS_SHOWN = 160  # an event's detail in the default (summary) output; --verbose shows all of it
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show everything (whole details and errors, "
@@ -65,6 +66,10 @@ def _open(config: Path | None, data_dir: Path | None) -> tuple[Settings, Databas
         raise _fail(f"storage.database_url: {exc}") from None
 
 
+def _size(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
 def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
@@ -83,12 +88,15 @@ def status(config: ConfigOption = None, data_dir: DataDirOption = None, as_json:
     configured = {"ae_title": settings.node.ae_title, "bind": settings.node.bind, "port": settings.node.port,
                   "tls": settings.tls.enabled}
     models = models_status(settings)
+    space = disk_space(settings.storage.data_dir)  # spool, outbox and (SQLite) database: full = 0xA700, failed jobs
     if as_json:
         payload = {"configured_listener": configured, **to_jsonable(snapshot), "models": models,
-                   "outbox": outbox_overview_json(outbox)}
+                   "outbox": outbox_overview_json(outbox), "data_dir_space": to_jsonable(space)}
         typer.echo(json.dumps({key: payload[key] for key in STATUS_JSON_KEYS}, indent=2))
         return
     _print_status(snapshot, configured, models, verbose)
+    print_out(f"Data directory: {escape(str(settings.storage.data_dir))} - " + (
+        f"{_size(space.free_bytes)} free of {_size(space.total_bytes)}" if space else "free space unknown"))
     print_outbox_overview(outbox, verbose)
 
 

@@ -41,6 +41,7 @@ from dicom_ai.receive.header import UnreadableDataset, read_header
 from dicom_ai.receive.server import AssociationSession
 from dicom_ai.receive.streaming import incoming_file
 from dicom_ai.store.database import Database
+from dicom_ai.store.health import is_transient, summary
 from dicom_ai.store.models import Instance, utcnow
 from dicom_ai.store.recorder import InstanceRecorder, JournalUnavailable
 from dicom_ai.store.records import ReceivedInstance
@@ -126,8 +127,11 @@ class InstanceReceiver:
             try:
                 self.database.record_refused_instance(association_id, audit_uid, int(refusal.status),
                                                       refusal.reason)
-            except Exception:
-                log.exception("cannot audit the refused instance %s", audit_uid)
+            except Exception as exc:  # a full disk: one line per refused instance, like the refusal itself
+                if not is_transient(exc):
+                    log.exception("cannot audit the refused instance %s", audit_uid)
+                else:
+                    log.error("cannot audit the refused instance %s: %s", audit_uid, summary(exc))
             return _response(refusal.status, refusal.reason)
         if session:
             session.stored += 1

@@ -40,6 +40,7 @@ from dicom_ai.receive.reactors import BulkReadingSocket, WaitingDUL, run_accepto
 from dicom_ai.receive.file_meta import received_file_meta
 from dicom_ai.receive.streaming import SpoolingDIMSE
 from dicom_ai.store.database import Database
+from dicom_ai.store.health import is_transient, summary
 from dicom_ai.store.recorder import InstanceRecorder
 from dicom_ai.store.records import AssociationOutcome
 from dicom_ai.store.spool import IncomingFile, Spool
@@ -117,9 +118,10 @@ class NodeACSE(ACSE):
             try:
                 association_id = assoc.gate.database.open_association(calling_ae, assoc.peer_host,
                                                                       assoc.peer_port, called_ae, assoc.tls)
-            except Exception:  # no audit row, no data: the peer sees an abort and retries later
-                log.exception("cannot record the association from %s@%s:%d; aborting it", calling_ae,
-                              assoc.peer_host, assoc.peer_port)
+            except Exception as exc:  # no audit row, no data: the peer sees an abort and retries later
+                # a full disk: one line per association, not a traceback
+                log.error("cannot record the association from %s@%s:%d (%s); aborting it", calling_ae,
+                          assoc.peer_host, assoc.peer_port, summary(exc), exc_info=not is_transient(exc))
                 assoc.abort()
                 return
             assoc.session = AssociationSession(association_id, calling_ae, assoc.peer_host, assoc.peer_port,

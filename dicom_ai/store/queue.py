@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from dicom_ai.backoff import backoff_delay
 from dicom_ai.config import QueueSettings
 from dicom_ai.store.database import Database, add_event, set_study_state
 from dicom_ai.store.models import Instance, Job, Series, Study, utcnow
@@ -50,6 +51,22 @@ class JobQueue:
         self.settings = settings
         self._clock = clock
         self._lease = timedelta(seconds=settings.lease_seconds)
+        self._quiet_from: datetime | None = None  # see restart_quiet_periods
+
+    def restart_quiet_periods(self) -> list[str]:
+        """At start-up: studies still receiving get a fresh quiet period from now (see dicom_ai.store.stability);
+        each gets a `study.quiet_period_restarted` event. Returns their UIDs."""
+        now = self._clock()
+        self._quiet_from = now
+        stable_at = (now + timedelta(seconds=self.settings.stable_after_seconds)).isoformat()
+        with self.database.write_session() as session:
+            receiving = list(session.scalars(select(Study).where(Study.state == StudyState.RECEIVING)
+                                             .order_by(Study.id)))
+            for study in receiving:
+                add_event(session, "study.quiet_period_restarted", study_uid=study.study_uid, detail={
+                    "reason": "the node started while the study was receiving; its sender may not be done",
+                    "last_received_at": study.last_received_at.isoformat(), "stable_at_earliest": stable_at})
+            return [study.study_uid for study in receiving]
 
     # -- producing jobs ------------------------------------------------------------------------------------
 
@@ -57,7 +74,8 @@ class JobQueue:
         """Mark quiet studies stable and queue a job for every stable study without an active job."""
         now = self._clock()
         with self.database.write_session() as session:
-            mark_quiet_studies_stable(session, now, timedelta(seconds=self.settings.stable_after_seconds))
+            mark_quiet_studies_stable(session, now, timedelta(seconds=self.settings.stable_after_seconds),
+                                      self._quiet_from)
             created = []
             stable = select(Study).where(Study.state == StudyState.STABLE).order_by(Study.id)
             for study in session.scalars(stable.with_for_update(skip_locked=True)):
@@ -119,7 +137,7 @@ class JobQueue:
         quiet_since = self._clock() - timedelta(seconds=quiet_seconds)
         with self.database.session() as session:
             quietest = _quietest_receiving_study(session, analysed)
-            if quietest is None or quietest[2] > quiet_since:
+            if quietest is None or self._quiet_since(quietest[2]) > quiet_since:
                 return None
             study_id, study_uid, last_received_at = quietest
             return ReceivingStudy(study_uid, last_received_at, _analysable_instances(session, study_id))
@@ -134,8 +152,12 @@ class JobQueue:
             quietest = _quietest_receiving_study(session, analysed or {})
         if quietest is None:
             return None
-        due = quietest[2] + timedelta(seconds=quiet_seconds)
+        due = self._quiet_since(quietest[2]) + timedelta(seconds=quiet_seconds)
         return max(0.0, (due - self._clock()).total_seconds())
+
+    def _quiet_since(self, last_received_at: datetime) -> datetime:
+        """Since when a receiving study counts as quiet: its last instance, or the start-up if that came later."""
+        return last_received_at if self._quiet_from is None else max(last_received_at, self._quiet_from)
 
     def last_received_at(self, study_uid: str) -> datetime | None:
         """When the study's latest instance (not one of our outputs) was received; None for an unknown study."""
@@ -276,7 +298,8 @@ class JobQueue:
         else:
             job.state = JobState.QUEUED
             job.worker_id = None
-            job.not_before = now + timedelta(seconds=self.settings.retry_delay_seconds)
+            job.not_before = now + backoff_delay(job.attempts, self.settings.retry_delay_seconds,
+                                                 self.settings.retry_delay_max_seconds)
             add_event(session, "job.attempt_failed", study_uid=study.study_uid, job_id=job.id,
                       detail={**detail, "retry_at": job.not_before.isoformat()})
             if study.state == StudyState.PROCESSING:

@@ -226,6 +226,12 @@ def test_kill_during_transfer_keeps_every_acknowledged_instance(node: ServedNode
             read = session.scalars(select(Event).where(Event.kind == "test.read", Event.study_uid == study_uid)).all()
         assert count is not None and count >= len(acknowledged)
         assert f'"instances": {count}' in read[-1].detail
+        # Its quiet period had passed while the node was down: it starts again at the restart.
+        with database.session() as session:
+            restarted, queued = (session.scalars(select(Event.at).where(Event.kind == kind,
+                                                                         Event.study_uid == study_uid)).first()
+                                 for kind in ("study.quiet_period_restarted", "job.queued"))
+        assert restarted is not None and queued is not None and (queued - restarted).total_seconds() >= 1.0
     finally:
         database.close()
     assert node.stop() == 0

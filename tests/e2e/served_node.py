@@ -24,6 +24,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _checkout_first() -> dict[str, str]:
+    """The environment for a `dicom-ai` child: this checkout's package first on its path (the venv's editable
+    install may point at another checkout of the repository, e.g. a git worktree's main)."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT) + (os.pathsep + path if path else "")}
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -64,7 +71,7 @@ class ServedNode:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "YOLO_OFFLINE": "1"}
+        env = {**_checkout_first(), "PYTHONUNBUFFERED": "1", "YOLO_OFFLINE": "1"}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([DICOM_AI, "serve", "--config", str(self.config_path)], stdout=log,
                                             stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
@@ -130,4 +137,4 @@ class ServedNode:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run `dicom-ai ARGS --config <this node's config>` (status, audit, retry, outbox ...)."""
         return subprocess.run([DICOM_AI, *args, "--config", str(self.config_path)], capture_output=True, text=True,
-                              timeout=120, cwd=REPO_ROOT)
+                              timeout=120, cwd=REPO_ROOT, env=_checkout_first())
