@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dicom_ai.job import AheadControl, PermanentJobError, StudyHandler, StudyJob
+from dicom_ai.observe import metrics
 from dicom_ai.store.queue import JobQueue, LeaseLost
 from dicom_ai.store.records import ReceivingStudy
 from dicom_ai.store.stability import WAKE_MARGIN_SECONDS
@@ -150,7 +151,7 @@ class Worker:
             try:
                 worked = self.run_once(worker_id) or (callable(analyse_ahead) and
                                                       self.analyse_ahead_once(analyse_ahead))
-                if not worked and callable(analyse_ahead):
+                if not worked and callable(analyse_ahead) and not self.queue.processing_paused():
                     idle = self._until_next_analysis_ahead(idle)
             except Exception:  # a database hiccup must not kill the worker thread
                 log.exception("worker %s: error while taking a job; retrying", worker_id)
@@ -215,9 +216,12 @@ class Worker:
         return True
 
     def _run_handler(self, job: StudyJob, worker_id: str) -> None:
+        started = time.perf_counter()
         try:
             self.handler(job)
         except Exception as exc:
+            metrics.job_stage("total", time.perf_counter() - started)
+            metrics.JOBS_FINISHED.labels(outcome="stopped" if self._stopping.is_set() else "failed").inc()
             if self._stopping.is_set():
                 # Interrupted by the node stopping (the handler saw `stop_requested`): not the study's fault.
                 try:
@@ -235,6 +239,8 @@ class Worker:
             except LeaseLost as lost:
                 log.error("job %d failed after its lease was lost: %s", job.job_id, lost)
             return
+        metrics.job_stage("total", time.perf_counter() - started)
+        metrics.JOBS_FINISHED.labels(outcome="done").inc()
         try:
             self.queue.complete(job.job_id, worker_id)
             log.info("job %d: done (study %s)", job.job_id, job.study_uid)

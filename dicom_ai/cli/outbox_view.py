@@ -1,27 +1,14 @@
-"""The outbox part of `dicom-ai status` and `dicom-ai retry --outbox` (hooks the store's commands call)."""
+"""The outbox part of `dicom-ai status` (the data: dicom_ai.operations)."""
 
 from __future__ import annotations
-
-from dataclasses import asdict
 
 from rich.console import Console
 from rich.table import Table
 
-from dicom_ai.config import Settings
-from dicom_ai.send.outbox import Outbox, OutboxOverview
-from dicom_ai.store.database import Database
+from dicom_ai.send.outbox import OutboxOverview
 from dicom_ai.store.outbox_model import OutboxState
 
 RETRY_HINT = "dicom-ai retry --outbox [--study UID]"
-
-
-def outbox_overview(settings: Settings, database: Database) -> OutboxOverview:
-    """The `outbox` section of `dicom-ai status`."""
-    return Outbox.for_node(settings, database).overview()
-
-
-def outbox_overview_json(overview: OutboxOverview) -> dict[str, object]:
-    return asdict(overview)
 
 
 def print_outbox_overview(console: Console, overview: OutboxOverview) -> None:
@@ -36,8 +23,3 @@ def print_outbox_overview(console: Console, overview: OutboxOverview) -> None:
             table.add_row(str(letter.id), letter.study_uid, letter.sop_instance_uid, letter.destination,
                           str(letter.attempts), letter.last_error.splitlines()[0][:90] if letter.last_error else "")
         console.print(table)
-
-
-def retry_dead_letters(settings: Settings, database: Database, study_uid: str | None) -> int:
-    """`dicom-ai retry --outbox`: re-arm dead letters (all, or one study's); a running node sends them."""
-    return Outbox.for_node(settings, database).retry_dead(study_uid=study_uid)
