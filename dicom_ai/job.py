@@ -31,6 +31,7 @@ from dicom_ai.pipeline.findings import StudyFindings
 from dicom_ai.send.outbox import part10_summary
 from dicom_ai.send.sender import ResultSender
 from dicom_ai.store.database import Database
+from dicom_ai.store.previews import save_previews
 from dicom_ai.store.records import ClaimedJob, JobInstance, ReceivingStudy
 
 if TYPE_CHECKING:
@@ -203,6 +204,7 @@ def _queue_outputs(job: StudyJob, sender: ResultSender, outputs: Sequence[Datase
                                             for ds in headers]})
     if not outputs:
         return
+    save_previews(sender.settings.storage.data_dir, job.study_uid, outputs)  # the dashboard's key-image thumbnails
     submitted = sender.submit(outputs, study_uid=job.study_uid, calling_ae=job.calling_ae, job_id=job.job_id)
     job.record("send.submitted", submitted.summary)
 

@@ -80,6 +80,7 @@ class Worker:
         self._held_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._analysed_ahead: dict[str, dt.datetime] = {}  # study UID -> last_received_at when analysed ahead
+        self.warmed = threading.Event()  # the handler's warm-up ended (or there is none): /readyz's "models" check
 
     # -- life cycle ----------------------------------------------------------------------------------------
 
@@ -95,6 +96,8 @@ class Worker:
                                       name=f"worker-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if not self.threads:
+            self.warmed.set()
         if self.threads:
             self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="worker-heartbeat",
                                                       daemon=True)
@@ -143,6 +146,8 @@ class Worker:
                 prepare()
             except Exception:  # a model that cannot load fails its studies visibly; warming up never stops the node
                 log.exception("worker %s: warm-up failed; jobs load what they need", worker_id)
+        if first:
+            self.warmed.set()
         # Only the first thread analyses ahead: it is the one whose torch threads the warm-up prepared.
         analyse_ahead = getattr(self.handler, "analyse_ahead", None) if first else None
         while not self._stopping.is_set():

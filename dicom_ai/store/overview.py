@@ -191,6 +191,69 @@ def study_trail(database: Database, study_uid: str) -> StudyTrail:
         )
 
 
+@dataclass(frozen=True)
+class StudyListEntry:
+    """One row of the dashboard's and `GET /api/studies`' study list: the summary plus what it was and what the
+    pipeline made of it (from its latest `pipeline.series` events)."""
+
+    study: StudySummary
+    modalities: list[str]
+    route: list[str]  # e.g. ["modality=MR", "mri_region=brain"] of its first analysed series
+    disagreement: bool  # header and pixel evidence disagreed at some routing node
+    findings: int  # detections + segmentations with a mask, over all series
+    duration_seconds: float | None  # first instance received -> latest job finished
+
+
+def study_list(database: Database, *, state: str | None = None, modality: str | None = None,
+               limit: int = 100) -> list[StudyListEntry]:
+    """The newest studies (by last instance received), optionally only one state / one modality."""
+    with database.session() as session:
+        query = select(Study).order_by(Study.last_received_at.desc()).limit(limit)
+        if state:
+            query = query.where(Study.state == state)
+        if modality:
+            query = query.where(Study.id.in_(select(Series.study_id).where(Series.modality == modality)))
+        studies = list(session.scalars(query))
+        ids = [study.id for study in studies]
+        modalities: dict[int, set[str]] = {}
+        for study_id, value in session.execute(select(Series.study_id, Series.modality)
+                                               .where(Series.study_id.in_(ids)).distinct()):
+            modalities.setdefault(study_id, set()).add(value)
+        series_events: dict[str, list[Any]] = {}
+        for uid, detail, job_id in session.execute(
+                select(Event.study_uid, Event.detail, Event.job_id)
+                .where(Event.kind == "pipeline.series", Event.study_uid.in_([s.study_uid for s in studies]))
+                .order_by(Event.id)):
+            series_events.setdefault(uid, []).append((job_id, detail))
+        rows = []
+        for study in studies:
+            latest = study.jobs[-1] if study.jobs else None
+            summaries = [json.loads(d) for job_id, d in series_events.get(study.study_uid, [])
+                         if latest is not None and job_id == latest.id]
+            route = [f"{step['node']}={step['label'] or step['outcome']}" for step in
+                     (summaries[0]["route"] if summaries else [])]
+            finished = latest.finished_at if latest is not None else None
+            rows.append(StudyListEntry(
+                study=_study(session, study), modalities=sorted(modalities.get(study.id, set())), route=route,
+                disagreement=any(step["disagreement"] for s in summaries for step in s["route"]),
+                findings=sum(s["detections"] + sum(1 for g in s["segmentations"] if g["frames_with_mask"])
+                             for s in summaries),
+                duration_seconds=(finished - study.first_received_at).total_seconds() if finished else None))
+    return rows
+
+
+def arrivals(database: Database, since: datetime, buckets: int) -> tuple[list[int], list[int]]:
+    """Instances and new studies received per time bucket from `since` until now (the overview's chart)."""
+    now = utcnow()
+    width = max((now - since).total_seconds() / buckets, 1e-6)
+    instances, studies = [0] * buckets, [0] * buckets
+    with database.session() as session:
+        for counts, column in ((instances, Instance.received_at), (studies, Study.first_received_at)):
+            for (at,) in session.execute(select(column).where(column >= since)):
+                counts[min(int((at - since).total_seconds() / width), buckets - 1)] += 1
+    return instances, studies
+
+
 def recent_events(database: Database, limit: int = 50) -> list[EventRecord]:
     """The newest events of the whole node, oldest first (the trail when no study is named)."""
     with database.session() as session:

@@ -54,8 +54,9 @@ class ServedNode:
         self.port = port or free_port()
         self.data_dir = directory / "data"
         directory.mkdir(parents=True, exist_ok=True)
+        self.http_port = free_port()  # the dashboard / API / metrics (dicom_ai.web), never the default 8080
         tables = {"node": {"ae_title": ae_title, "bind": "127.0.0.1", "port": self.port},
-                  "storage": {"data_dir": str(self.data_dir)}}
+                  "storage": {"data_dir": str(self.data_dir)}, "http": {"port": self.http_port}}
         for table, values in config.items():
             tables[table] = {**tables.get(table, {}), **values}
         self.config_path = directory / "config.toml"
