@@ -72,12 +72,13 @@ def to_dataset(data: bytes, kind: str) -> Dataset:
         if "PixelData" not in ds:
             raise HTTPException(422, "the DICOM file holds no image (no Pixel Data): upload an image instance")
         return ds
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as opened:
+        with Image.open(io.BytesIO(data), formats=[kind.upper()]) as opened:
             image = opened.convert("L")
-    except (UnidentifiedImageError, OSError) as exc:
+    # any decoder error is the file's fault (ultralytics' patched Image.open even tries a HEIF plug-in on failure)
+    except Exception as exc:
         raise HTTPException(422, f"unreadable {kind.upper()} image: {exc}") from None
     return _secondary_capture(image.tobytes(), image.height, image.width)
 

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 API_PREFIX = "/api"
+UPLOAD_PATHS = ("/analyze", "/api/analyze")
+UPLOAD_FORM_OVERHEAD = 64 * 1024  # multipart boundaries and the other form fields
 
 
 class _Events:
@@ -70,8 +72,14 @@ def create_app(context: WebContext) -> FastAPI:
     app.state.metrics = _registry(context)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
+    upload_limit = int(context.settings.http.upload_max_mb * 2**20) + UPLOAD_FORM_OVERHEAD
+
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        if request.url.path in UPLOAD_PATHS and int(request.headers.get("content-length") or 0) > upload_limit:
+            # refused before the body is read (the form parser would spool all of it first)
+            return _error(request, 413, f"the upload is larger than http.upload_max_mb "
+                                        f"({context.settings.http.upload_max_mb:g} MiB)")
         response: Response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("X-Frame-Options", "DENY")
