@@ -44,6 +44,12 @@ def write_toml(path: Path, tables: dict[str, dict[str, Any]]) -> None:
     path.write_text("\n".join(lines))
 
 
+def _checkout_env() -> dict[str, str]:
+    """This checkout's dicom_ai first, also where the venv's editable install points at another (a git worktree)."""
+    return {**os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 class ServedNode:
     """One node: `start()` returns once it accepts TCP connections; `stop()` sends SIGTERM and waits."""
 
@@ -59,13 +65,14 @@ class ServedNode:
                   "storage": {"data_dir": str(self.data_dir)}, "http": {"port": self.http_port}}
         for table, values in config.items():
             tables[table] = {**tables.get(table, {}), **values}
+        self.http_enabled = bool(tables["http"].get("enabled", True))
         self.config_path = directory / "config.toml"
         write_toml(self.config_path, tables)
         self.log_path = directory / "serve.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "YOLO_OFFLINE": "1"}
+        env = {**_checkout_env(), "PYTHONUNBUFFERED": "1", "YOLO_OFFLINE": "1"}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([DICOM_AI, "serve", "--config", str(self.config_path)], stdout=log,
                                             stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
@@ -73,7 +80,7 @@ class ServedNode:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"dicom-ai serve exited with {self.process.returncode}:\n{self.log()}")
-            if self._listening():
+            if self._listening() and self._http_answers():
                 return
             time.sleep(0.1)
         self.stop()
@@ -111,6 +118,16 @@ class ServedNode:
             return False
         return row is not None and row[0] == self.port
 
+    def _http_answers(self) -> bool:
+        """The HTTP side starts after the listener (a probe of it is no DICOM client)."""
+        if not self.http_enabled:
+            return True
+        try:
+            with socket.create_connection(("127.0.0.1", self.http_port), timeout=1):
+                return True
+        except OSError:
+            return False
+
     def stop(self, timeout: float = 60.0) -> int | None:
         if self.process is None:
             return None
@@ -131,4 +148,4 @@ class ServedNode:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run `dicom-ai ARGS --config <this node's config>` (status, audit, retry, outbox ...)."""
         return subprocess.run([DICOM_AI, *args, "--config", str(self.config_path)], capture_output=True, text=True,
-                              timeout=120, cwd=REPO_ROOT)
+                              timeout=120, cwd=REPO_ROOT, env=_checkout_env())
