@@ -2,7 +2,7 @@
 # Installs everything dicom-ai needs on a fresh Debian 12 machine, idempotently:
 #   deploy/install.sh          the node (system packages, .venv with the package)
 #   deploy/install.sh --test   plus what the tests use (dcmtk, dicom3tools, Orthanc, Chromium, OHIF, pytest,
-#                              Prometheus + promtool, systemd-analyze)
+#                              Prometheus + promtool, systemd-analyze, docker-compose for `config` checks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 with_tests=0
@@ -10,7 +10,7 @@ with_tests=0
 
 apt_packages=(openssl)
 if [ "$with_tests" = 1 ]; then
-  apt_packages+=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium fonts-dejavu-core postgresql prometheus systemd)
+  apt_packages+=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium fonts-dejavu-core postgresql prometheus systemd docker-compose)
 fi
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
