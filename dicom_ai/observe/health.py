@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
 
 from dicom_ai.store.database import Database
 from dicom_ai.store.models import NodeRun
@@ -46,7 +45,7 @@ class Readiness:
         url = self.database.engine.url
         if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
             # SQLite opens a missing file by creating an empty one: a deleted or moved database must fail here
-            if not Path(make_url(str(url)).database or "").is_file():
+            if not Path(url.database).is_file():
                 return Check("database", False, f"the SQLite file {url.database} is gone")
         try:
             with self.database.session() as session:

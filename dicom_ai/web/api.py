@@ -10,10 +10,10 @@ from fastapi import APIRouter, File, HTTPException, Request, UploadFile
 from pydantic import BaseModel
 
 from dicom_ai import operations
-from dicom_ai.store.controls import Control, control_states, set_paused
+from dicom_ai.store.controls import Control, control_states
 from dicom_ai.store.outbox_model import OutboxState
 from dicom_ai.store.overview import UnknownStudy, study_list, study_trail, to_jsonable
-from dicom_ai.store.queue import QueueRequestRefused
+from dicom_ai.web import actions
 from dicom_ai.web.analysis import analyse_upload
 from dicom_ai.web.context import WebContext
 from dicom_ai.web.guard import operator, viewer
@@ -89,23 +89,13 @@ def controls(request: Request) -> dict[str, Any]:
 @router.post("/controls/{control}/{action}")
 def switch(request: Request, control: Control, action: Literal["pause", "resume"]) -> dict[str, Any]:
     """Pause or resume `processing` (no job is claimed) or `sending` (nothing is sent); persisted."""
-    identity = operator(request, None)
-    context = _context(request)
-    changed = set_paused(context.database, control, action == "pause", by=identity.name)
-    (context.wake_worker if control == Control.PROCESSING else context.wake_sender)()
+    changed = actions.switch(_context(request), operator(request, None), control, action == "pause")
     return {"control": control.value, "paused": action == "pause", "changed": changed}
 
 
 @router.post("/jobs/{job_id}/retry")
 def retry_job(request: Request, job_id: int) -> dict[str, Any]:
-    identity = operator(request, None)
-    context = _context(request)
-    try:
-        requeued = operations.retry_jobs(context.settings, context.database, by=identity.name, job_id=job_id)
-    except QueueRequestRefused as exc:
-        raise HTTPException(409, str(exc)) from None
-    context.wake_worker()
-    return {"requeued": requeued}
+    return {"requeued": actions.retry_jobs(_context(request), operator(request, None), job_id=job_id)}
 
 
 class DeadLetterRetry(BaseModel):
@@ -116,37 +106,19 @@ class DeadLetterRetry(BaseModel):
 @router.post("/outbox/retry")
 def retry_dead(request: Request, body: DeadLetterRetry) -> dict[str, Any]:
     """Re-arm dead letters: those with `ids`, or one study's, or (neither) all of them."""
-    identity = operator(request, None)
-    context = _context(request)
-    count = operations.retry_dead_letters(context.settings, context.database, by=identity.name, ids=body.ids,
-                                          study_uid=body.study_uid)
-    context.wake_sender()
-    return {"rearmed": count}
+    return {"rearmed": actions.retry_dead_letters(_context(request), operator(request, None), ids=body.ids,
+                                                  study_uid=body.study_uid)}
 
 
 @router.post("/studies/{study_uid}/complete")
 def complete(request: Request, study_uid: str) -> dict[str, Any]:
-    identity = operator(request, None)
-    context = _context(request)
-    try:
-        result = operations.complete_study(context.settings, context.database, study_uid, by=identity.name)
-    except QueueRequestRefused as exc:
-        raise HTTPException(409, str(exc)) from None
-    context.wake_worker()
-    return to_jsonable(result)  # type: ignore[no-any-return]
+    return to_jsonable(actions.complete_study(_context(request), operator(request, None), study_uid))  # type: ignore[no-any-return]
 
 
 @router.post("/studies/{study_uid}/retry")
 def retry_study(request: Request, study_uid: str) -> dict[str, Any]:
     """Re-queue the study's failed job, or analyse a done study again."""
-    identity = operator(request, None)
-    context = _context(request)
-    try:
-        requeued = operations.retry_jobs(context.settings, context.database, by=identity.name, study_uid=study_uid)
-    except QueueRequestRefused as exc:
-        raise HTTPException(409, str(exc)) from None
-    context.wake_worker()
-    return {"requeued": requeued}
+    return {"requeued": actions.retry_jobs(_context(request), operator(request, None), study_uid=study_uid)}
 
 
 @router.post("/analyze")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -147,5 +147,3 @@ def _error(request: Request, status: int, message: str) -> Response:
         "status": status, "message": message, "identity": getattr(request.state, "identity", None),
         "ae_title": context.settings.node.ae_title, "csrf_token": ""}, status_code=status)
 
-
-__all__ = ["create_app", "HTTPException", "HTMLResponse"]

@@ -18,16 +18,16 @@ from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from dicom_ai import operations
-from dicom_ai.store.controls import Control, set_paused
+from dicom_ai.store.controls import Control
 from dicom_ai.store.models import utcnow
 from dicom_ai.store.outbox_model import OutboxState
 from dicom_ai.store.overview import UnknownStudy, arrivals, study_list, study_trail
 from dicom_ai.store.previews import list_previews, preview_path
-from dicom_ai.store.queue import QueueRequestRefused
+from dicom_ai.web import actions
 from dicom_ai.web.analysis import analyse_upload
 from dicom_ai.web.auth import SESSION_COOKIE, Identity
 from dicom_ai.web.context import WebContext
-from dicom_ai.web.guard import csrf_cookie_value, identify, operator, viewer
+from dicom_ai.web.guard import csrf_cookie_value, operator, viewer
 
 router = APIRouter(include_in_schema=False)
 
@@ -142,15 +142,15 @@ def study(request: Request, study_uid: str, flash: str = "") -> Response:
         trail = study_trail(context.database, study_uid)
     except UnknownStudy as exc:
         raise HTTPException(404, str(exc)) from None
-    series = [e.detail for e in trail.events if e.kind in ROUTE_EVENTS and isinstance(e.detail, dict)]
     latest_job = trail.jobs[-1].id if trail.jobs else None
+    routed = [e for e in trail.events if e.kind in ROUTE_EVENTS and isinstance(e.detail, dict)]
+    series = [e.detail for e in routed if e.job_id == latest_job] or [e.detail for e in routed]
     findings = next((e.detail for e in reversed(trail.events)
                      if e.kind == "pipeline.findings" and isinstance(e.detail, dict)), None)
     template = context.settings.http.ohif_url_template
     outbox = operations.outbox_rows(context.settings, context.database, study_uid=study_uid, limit=200)
     return _render(request, "study.html", identity, trail=trail, flash=flash,
-                   series=[s for e, s in zip([e for e in trail.events if e.kind in ROUTE_EVENTS], series)
-                           if e.job_id == latest_job] or series,
+                   series=series,
                    findings=findings, previews=list_previews(context.settings.storage.data_dir, study_uid),
                    viewer_url=template.replace("{study_uid}", quote(study_uid)) if template else "",
                    outbox=outbox, refresh=trail.study.state not in ("done", "failed"), json=json)
@@ -230,58 +230,34 @@ def analyze(request: Request, file: UploadFile = File(...), csrf_token: str = Fo
 @router.post("/actions/control")
 def control(request: Request, control: Control = Form(...), paused: bool = Form(...),
             csrf_token: str = Form("")) -> Response:
-    identity = operator(request, csrf_token)
-    context = _context(request)
-    set_paused(context.database, control, paused, by=identity.name)
-    (context.wake_worker if control == Control.PROCESSING else context.wake_sender)()
+    actions.switch(_context(request), operator(request, csrf_token), control, paused)
     return _back(request, "/", f"{control.value} {'paused' if paused else 'resumed'}")
 
 
 @router.post("/actions/retry-job")
 def retry_job(request: Request, job_id: int = Form(...), csrf_token: str = Form("")) -> Response:
-    identity = operator(request, csrf_token)
-    context = _context(request)
-    try:
-        requeued = operations.retry_jobs(context.settings, context.database, by=identity.name, job_id=job_id)
-    except QueueRequestRefused as exc:
-        raise HTTPException(409, str(exc)) from None
-    context.wake_worker()
+    requeued = actions.retry_jobs(_context(request), operator(request, csrf_token), job_id=job_id)
     return _back(request, "/jobs", f"re-queued job(s) {', '.join(map(str, requeued)) or 'none'}")
 
 
 @router.post("/actions/retry-study")
 def retry_study(request: Request, study_uid: str = Form(...), csrf_token: str = Form("")) -> Response:
-    identity = operator(request, csrf_token)
-    context = _context(request)
-    try:
-        requeued = operations.retry_jobs(context.settings, context.database, by=identity.name, study_uid=study_uid)
-    except QueueRequestRefused as exc:
-        raise HTTPException(409, str(exc)) from None
-    context.wake_worker()
+    requeued = actions.retry_jobs(_context(request), operator(request, csrf_token), study_uid=study_uid)
     return _back(request, "/studies", f"queued job(s) {', '.join(map(str, requeued)) or 'none'}")
 
 
 @router.post("/actions/retry-dead")
 def retry_dead(request: Request, outbox_id: int | None = Form(None), study_uid: str = Form(""),
                csrf_token: str = Form("")) -> Response:
-    identity = operator(request, csrf_token)
-    context = _context(request)
-    count = operations.retry_dead_letters(context.settings, context.database, by=identity.name,
-                                          ids=[outbox_id] if outbox_id is not None else None,
-                                          study_uid=study_uid or None)
-    context.wake_sender()
+    count = actions.retry_dead_letters(_context(request), operator(request, csrf_token),
+                                       ids=[outbox_id] if outbox_id is not None else None,
+                                       study_uid=study_uid or None)
     return _back(request, "/outbox", f"re-armed {count} dead letter(s)")
 
 
 @router.post("/actions/complete")
 def complete(request: Request, study_uid: str = Form(...), csrf_token: str = Form("")) -> Response:
-    identity = operator(request, csrf_token)
-    context = _context(request)
-    try:
-        result = operations.complete_study(context.settings, context.database, study_uid, by=identity.name)
-    except QueueRequestRefused as exc:
-        raise HTTPException(409, str(exc)) from None
-    context.wake_worker()
+    result = actions.complete_study(_context(request), operator(request, csrf_token), study_uid)
     return _back(request, f"/studies/{quote(study_uid)}", f"study {result.message}")
 
 
@@ -291,5 +267,3 @@ def _chart(instances: list[int], studies: list[int]) -> dict[str, Any]:
     return {"instances": [v / peak for v in instances], "studies": studies, "peak": peak,
             "minutes": CHART_MINUTES, "buckets": len(instances)}
 
-
-__all__ = ["router", "identify"]
