@@ -123,7 +123,6 @@ def start_http(node: Node, handler: StudyHandler) -> HttpServer:
                           listening=lambda: listener.address is not None, warmed=worker.warmed.is_set)
     context = WebContext(settings, node.database, readiness,
                          registry=lambda: getattr(handler, "registry", None),
-                         routing=lambda: getattr(handler, "routing", None),
                          wake_worker=worker.wake,
                          wake_sender=sender.dispatcher.wake if sender is not None else lambda: None)
     server = HttpServer(context)

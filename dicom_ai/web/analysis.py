@@ -105,10 +105,9 @@ def _secondary_capture(pixels: bytes, rows: int, columns: int) -> Dataset:
 
 
 def _models(context: WebContext) -> tuple[Any, Any]:
-    """The node's own registry and routing (models already warm), or ones made once for the HTTP side."""
-    registry, routing = context.registry(), context.routing()
-    if registry is not None and routing is not None:
-        return registry, routing
+    """A registry and routing tree of the HTTP side's own, made at the first upload: the worker's models are never
+    shared with it (an ultralytics predictor keeps per-call state, and a worker mid-job must not wait for an upload).
+    """
     if "registry" not in context.extra:
         from dicom_ai.models.registry import ModelRegistry
         from dicom_ai.pipeline import RoutingError, load_routing
@@ -132,8 +131,8 @@ def analyse_upload(context: WebContext, upload: UploadFile) -> UploadAnalysis:
     from dicom_ai.pipeline.run import decode_series, run_study
     from dicom_ai.pipeline.series import group_series
 
-    registry, routing = _models(context)
     with context.analysis_lock:
+        registry, routing = _models(context)
         started = time.perf_counter()
         findings = run_study([dataset], registry, routing, batch_size=context.settings.pipeline.batch_size)
         seconds = time.perf_counter() - started

@@ -13,7 +13,6 @@ from dicom_ai.store.database import Database
 
 if TYPE_CHECKING:
     from dicom_ai.models.registry import ModelRegistry
-    from dicom_ai.pipeline.routing import RoutingTree
 
 
 @dataclass(frozen=True)
@@ -21,12 +20,11 @@ class WebContext:
     settings: Settings
     database: Database
     readiness: Readiness
-    # the node's own model registry and routing tree (None when jobs run a queue.handler): model states without
-    # re-computing checksums, and "analyse an image" on the models already loaded
+    # the node's own model registry (None when jobs run a queue.handler): model states and checksums without
+    # computing them again ("analyse an image" loads models of its own, dicom_ai.web.analysis)
     registry: Callable[[], ModelRegistry | None] = lambda: None
-    routing: Callable[[], RoutingTree | None] = lambda: None
     wake_worker: Callable[[], None] = lambda: None
     wake_sender: Callable[[], None] = lambda: None
     # one upload analysis at a time: a second waits instead of taking the worker's CPU twice over
     analysis_lock: threading.Lock = field(default_factory=threading.Lock)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # what the HTTP side builds once (its own model registry)

@@ -192,11 +192,12 @@ def models(request: Request) -> Response:
     identity = viewer(request)
     context = _context(request)
     registry = context.registry()
-    if registry is None:
+    if registry is None:  # jobs run a queue.handler: read the manifest (checksums verified once, then cached)
         from dicom_ai.models.registry import ModelRegistry
 
-        registry = context.extra.setdefault("models_page_registry", ModelRegistry(
-            context.settings.pipeline.models_dir, device="cpu"))
+        if "manifest_registry" not in context.extra:
+            context.extra["manifest_registry"] = ModelRegistry(context.settings.pipeline.models_dir, device="cpu")
+        registry = context.extra["manifest_registry"]
     cards = []
     for status in registry.status():
         spec = status.spec

@@ -240,3 +240,28 @@ def _recent(node: Node) -> list:  # type: ignore[type-arg]
     assert node.database is not None
     return recent_events(node.database, 200)
 
+
+
+def test_the_study_list_filters_by_state_and_modality(base: str, study: str) -> None:
+    client = Client(base)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    _, done_ct = client.get_json("/api/studies?state=done&modality=CT", **auth)
+    row = next(r for r in done_ct if r["study"]["study_uid"] == study)
+    assert row["modalities"] == ["CT"] and row["duration_seconds"] > 0 and row["disagreement"] is False
+    assert client.get_json("/api/studies?modality=MR", **auth) == (200, [])
+    status, _, page = client.request("GET", "/studies?state=done&modality=CT", headers=auth)
+    assert status == 200 and study.encode() in page
+
+
+def test_the_models_page_shows_each_card_with_version_and_checksum(base: str) -> None:
+    status, _, page = Client(base).request("GET", "/models", headers={"Authorization": f"Bearer {TOKEN}"})
+    text = page.decode()
+    assert status == 200 and text.count('class="card wide model"') >= 1
+    assert "checksum (sha256)" in text and "version" in text
+
+
+def test_a_refused_operator_request_is_a_409_with_the_reason(base: str) -> None:
+    client = Client(base)
+    assert client.login("op") == 303
+    status, _, body = client.request("POST", "/api/jobs/999999/retry", headers={"X-CSRF-Token": client.csrf()})
+    assert status == 409 and json.loads(body) == {"error": "there is no job 999999"}
