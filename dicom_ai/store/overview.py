@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 
 from dicom_ai.store.database import Database, instance_info
 from dicom_ai.store.models import Association, Event, Instance, Job, NodeRun, Series, Study, utcnow
@@ -242,16 +242,24 @@ def study_list(database: Database, *, state: str | None = None, modality: str | 
     return rows
 
 
+ARRIVALS_ROWS_SCANNED = 200_000  # the chart counts among the newest rows only: a primary-key range, never a full scan
+
+
 def arrivals(database: Database, since: datetime, buckets: int) -> tuple[list[int], list[int]]:
-    """Instances and new studies received per time bucket from `since` until now (the overview's chart)."""
-    now = utcnow()
-    width = max((now - since).total_seconds() / buckets, 1e-6)
-    instances, studies = [0] * buckets, [0] * buckets
+    """Instances and new studies received per time bucket from `since` until now (the overview's chart), counted
+    by the database in one pass over the newest ARRIVALS_ROWS_SCANNED rows of each table."""
+    width = (utcnow() - since) / buckets
+    edges = [since + width * i for i in range(buckets)] + [utcnow() + timedelta(seconds=1)]
+    counts = []
     with database.session() as session:
-        for counts, column in ((instances, Instance.received_at), (studies, Study.first_received_at)):
-            for (at,) in session.execute(select(column).where(column >= since)):
-                counts[min(int((at - since).total_seconds() / width), buckets - 1)] += 1
-    return instances, studies
+        for table_id, column in ((Instance.id, Instance.received_at), (Study.id, Study.first_received_at)):
+            newest = session.scalar(select(func.max(table_id))) or 0
+            row = session.execute(
+                select(*(func.coalesce(func.sum(case((and_(column >= low, column < high), 1), else_=0)), 0)
+                         for low, high in zip(edges, edges[1:])))
+                .where(table_id > newest - ARRIVALS_ROWS_SCANNED, column >= since)).one()
+            counts.append([int(value) for value in row])
+    return counts[0], counts[1]
 
 
 def recent_events(database: Database, limit: int = 50) -> list[EventRecord]:

@@ -110,11 +110,13 @@ def overview(request: Request, flash: str = "") -> Response:
     since = utcnow() - timedelta(minutes=CHART_MINUTES)
     instances, studies = arrivals(context.database, since, CHART_BUCKETS)
     checks = context.readiness.checks()
-    samples = request.app.state.metrics
-    oldest = samples.get_sample_value("dicomai_job_oldest_queued_age_seconds") or 0.0
+    # one pass over the metrics registry (each get_sample_value would collect everything again)
+    samples = {s.name: s.value for family in request.app.state.metrics.collect() for s in family.samples
+               if not s.labels}
+    oldest = samples.get("dicomai_job_oldest_queued_age_seconds", 0.0)
     free = shutil.disk_usage(context.settings.storage.data_dir).free
     return _render(request, "overview.html", identity, view=view, status=view.to_json(), checks=checks,
-                   associations=int(samples.get_sample_value("dicomai_associations_active") or 0),
+                   associations=int(samples.get("dicomai_associations_active", 0)),
                    oldest_queued=f"{oldest:.0f} s ago" if oldest else "none queued",
                    free_text=f"{free / 2**30:.1f} GiB free in {context.settings.storage.data_dir}",
                    chart=_chart(instances, studies), flash=flash,

@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dicom_ai.cli import app as cli
+from dicom_ai.config import ConfigError
 from dicom_ai.node import Node
 from dicom_ai.store.overview import study_trail
 from tests.e2e.served_node import free_port
@@ -265,3 +266,13 @@ def test_a_refused_operator_request_is_a_409_with_the_reason(base: str) -> None:
     assert client.login("op") == 303
     status, _, body = client.request("POST", "/api/jobs/999999/retry", headers={"X-CSRF-Token": client.csrf()})
     assert status == 409 and json.loads(body) == {"error": "there is no job 999999"}
+
+
+def test_a_busy_http_port_stops_the_start_naming_the_key(node: Node, tmp_path: Path) -> None:
+    assert node.http is not None
+    second = Node(web_settings(tmp_path / "data", http={"port": node.http.port}), stop_timeout=5)
+    try:
+        with pytest.raises(ConfigError, match=r"http\.port: cannot listen on 127\.0\.0\.1:\d+"):
+            second.start()
+    finally:
+        second.stop()
