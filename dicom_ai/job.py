@@ -26,10 +26,12 @@ from typing import TYPE_CHECKING, Any
 from pydicom.dataset import Dataset
 
 from dicom_ai.config import ConfigError, Settings
+from dicom_ai.observe import metrics
 from dicom_ai.pipeline.findings import StudyFindings
 from dicom_ai.send.outbox import part10_summary
 from dicom_ai.send.sender import ResultSender
 from dicom_ai.store.database import Database
+from dicom_ai.store.previews import save_previews
 from dicom_ai.store.records import ClaimedJob, JobInstance, ReceivingStudy
 from dicom_ai.store.results import BUILT_EVENT, results_built
 
@@ -222,6 +224,7 @@ def _queue_outputs(job: StudyJob, sender: ResultSender, outputs: Sequence[Datase
                                          for ds in headers]})
     if not outputs:
         return
+    save_previews(sender.settings.storage.data_dir, job.study_uid, outputs)  # the dashboard's key-image thumbnails
     submitted = sender.submit(outputs, study_uid=job.study_uid, calling_ae=job.calling_ae, job_id=job.job_id)
     job.record("send.submitted", submitted.summary)
 
@@ -302,6 +305,7 @@ class AnalyseStudy:
         analysis = self._take_analysis_ahead(job)
         job.record("pipeline.started", {"instances": len(job.instances), "analysed_ahead": analysis is not None,
                                         "reports_built_ahead": analysis is not None and analysis.reports is not None})
+        started = time.perf_counter()
         if analysis is None:
             try:
                 analysis = self._analyse(job.instances, keep_going=lambda: not job.stop_requested)
@@ -314,16 +318,20 @@ class AnalyseStudy:
             raise PermanentJobError(f"none of the study's {len(job.instances)} instance(s) could be read from the "
                                     f"spool (first: {analysis.unreadable[0]['error']})")
         findings = analysis.findings
+        metrics.job_stage("pipeline", time.perf_counter() - started)
+        metrics.findings_produced(findings)
         for series in findings.series:
             job.record("pipeline.series", _series_summary(series))
         job.record("pipeline.findings", findings.to_dict())
         if job.stop_requested:
             raise RuntimeError("node stopping before the report was built")
+        started = time.perf_counter()
         if analysis.reports is None:
             report_and_send(job, analysis.sources, findings, self.sender, self._running_report_process())
-            return
-        for outputs in analysis.reports:
-            _queue_outputs(job, self.sender, outputs)
+        else:
+            for outputs in analysis.reports:
+                _queue_outputs(job, self.sender, outputs)
+        metrics.job_stage("report", time.perf_counter() - started)
 
     def _running_report_process(self) -> ReportProcess | None:
         return self.report_process if self.report_process is not None and self.report_process.running else None

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from dicom_ai.config import ConfigError, Settings
 from dicom_ai.job import StudyHandler, build_study_handler, models_status
@@ -27,6 +28,9 @@ from dicom_ai.store.retention import PurgeSchedule, finish_interrupted_purges
 from dicom_ai.store.spool import Spool
 from dicom_ai.store.stability import StabilityMonitor
 from dicom_ai.worker import Worker, is_dead_local_worker
+
+if TYPE_CHECKING:
+    from dicom_ai.web import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,7 @@ class Node:
         self._run_id: int | None = None
         self._lock: HeldLock | None = None
         self._stopped = threading.Event()
+        self.http: HttpServer | None = None
 
     def start(self) -> None:
         settings = self.settings
@@ -99,6 +104,8 @@ class Node:
         # before the worker starts: its warm-up then finds the weights' checksums already verified
         models = models_status(settings, getattr(handler, "registry", None))
         self.worker.start()
+        if settings.http.enabled:
+            self.http = start_http(self, handler)
         log.info("%d worker thread(s); studies are queued after %g s without a new instance; models: %s",
                  settings.queue.workers, settings.queue.stable_after_seconds, models.get("detail", models))
 
@@ -106,6 +113,8 @@ class Node:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.http is not None:
+            self.http.stop()
         log.info("stopping: closing the listener")
         if self.listener is not None:
             self.listener.stop()
@@ -126,3 +135,22 @@ class Node:
             self._lock.release()
         log.info("stopped")
 
+
+
+def start_http(node: Node, handler: StudyHandler) -> HttpServer:
+    """The dashboard, API, /metrics and health endpoints (http.enabled), over this node's own database, listener,
+    worker and models."""
+    from dicom_ai.observe.health import Readiness
+    from dicom_ai.web import HttpServer, WebContext
+
+    assert node.database is not None and node.listener is not None and node.worker is not None
+    settings, listener, worker, sender = node.settings, node.listener, node.worker, node.sender
+    readiness = Readiness(node.database, settings.storage.data_dir, int(settings.http.ready_min_free_mb * 2**20),
+                          listening=lambda: listener.address is not None, warmed=worker.warmed.is_set)
+    context = WebContext(settings, node.database, readiness,
+                         registry=lambda: getattr(handler, "registry", None),
+                         wake_worker=worker.wake,
+                         wake_sender=sender.dispatcher.wake if sender is not None else lambda: None)
+    server = HttpServer(context)
+    server.start()
+    return server

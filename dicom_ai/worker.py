@@ -25,6 +25,7 @@ from typing import TypeVar
 from dicom_ai.job import AheadControl, PermanentJobError, StudyHandler, StudyJob
 from dicom_ai.store.node_runs import process_exists
 from dicom_ai.store.health import FailureLog, is_out_of_space, is_transient, summary
+from dicom_ai.observe import metrics
 from dicom_ai.store.queue import JobQueue, LeaseLost
 from dicom_ai.store.records import ReceivingStudy
 from dicom_ai.store.stability import WAKE_MARGIN_SECONDS
@@ -79,6 +80,7 @@ class Worker:
         self._held_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._analysed_ahead: dict[str, dt.datetime] = {}  # study UID -> last_received_at when analysed ahead
+        self.warmed = threading.Event()  # the handler's warm-up ended (or there is none): /readyz's "models" check
 
     # -- life cycle ----------------------------------------------------------------------------------------
 
@@ -94,6 +96,8 @@ class Worker:
                                       name=f"worker-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if not self.threads:
+            self.warmed.set()
         if self.threads:
             self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="worker-heartbeat",
                                                       daemon=True)
@@ -142,6 +146,8 @@ class Worker:
                 prepare()
             except Exception:  # a model that cannot load fails its studies visibly; warming up never stops the node
                 log.exception("worker %s: warm-up failed; jobs load what they need", worker_id)
+        if first:
+            self.warmed.set()
         # Only the first thread analyses ahead: it is the one whose torch threads the warm-up prepared.
         analyse_ahead = getattr(self.handler, "analyse_ahead", None) if first else None
         failures = FailureLog(log, f"worker {worker_id}")
@@ -151,7 +157,7 @@ class Worker:
             try:
                 worked = self.run_once(worker_id) or (callable(analyse_ahead) and
                                                       self.analyse_ahead_once(analyse_ahead))
-                if not worked and callable(analyse_ahead):
+                if not worked and callable(analyse_ahead) and not self.queue.processing_paused():
                     idle = self._until_next_analysis_ahead(idle)
             except Exception as exc:  # a database hiccup or a full disk must not kill the worker thread
                 failures.failed(exc)
@@ -218,9 +224,12 @@ class Worker:
         return True
 
     def _run_handler(self, job: StudyJob, worker_id: str) -> None:
+        started = time.perf_counter()
         try:
             self.handler(job)
         except Exception as exc:
+            metrics.job_stage("total", time.perf_counter() - started)
+            metrics.JOBS_FINISHED.labels(outcome="stopped" if self._stopping.is_set() else "failed").inc()
             if self._stopping.is_set():
                 # Interrupted by the node stopping (the handler saw `stop_requested`): not the study's fault.
                 try:
@@ -231,13 +240,16 @@ class Worker:
                 return
             error = summary(exc) if is_out_of_space(exc) else f"{type(exc).__name__}: {exc}"
             trace = "".join(traceback.format_exception(exc)[-6:])
+            permanent = isinstance(exc, PermanentJobError)
             try:
                 state = self._write_outcome(job, lambda: self.queue.fail(
-                    job.job_id, worker_id, f"{error}\n{trace}", permanent=isinstance(exc, PermanentJobError)))
+                    job.job_id, worker_id, f"{error}\n{trace}", permanent=permanent))
                 log.error("job %d: attempt %d failed (%s); job is now %s", job.job_id, job.attempt, error, state)
             except LeaseLost as lost:
                 log.error("job %d failed after its lease was lost: %s", job.job_id, lost)
             return
+        metrics.job_stage("total", time.perf_counter() - started)
+        metrics.JOBS_FINISHED.labels(outcome="done").inc()
         try:
             self._write_outcome(job, lambda: self.queue.complete(job.job_id, worker_id))
             log.info("job %d: done (study %s)", job.job_id, job.study_uid)

@@ -1,28 +1,15 @@
-"""The outbox part of `dicom-ai status` and `dicom-ai retry --outbox` (hooks the store's commands call)."""
+"""The outbox part of `dicom-ai status` (the data: dicom_ai.operations)."""
 
 from __future__ import annotations
-
-from dataclasses import asdict
 
 from rich.markup import escape
 
 from dicom_ai.cli.render import literal, print_out, table, uid_column
-from dicom_ai.config import Settings
-from dicom_ai.send.outbox import Outbox, OutboxOverview
-from dicom_ai.store.database import Database
+from dicom_ai.send.outbox import OutboxOverview
 from dicom_ai.store.outbox_model import OutboxState
 
 RETRY_HINT = "dicom-ai retry --outbox [--study UID]"
 ERROR_CHARS_SHOWN = 90
-
-
-def outbox_overview(settings: Settings, database: Database) -> OutboxOverview:
-    """The `outbox` section of `dicom-ai status`."""
-    return Outbox.for_node(settings, database).overview()
-
-
-def outbox_overview_json(overview: OutboxOverview) -> dict[str, object]:
-    return asdict(overview)
 
 
 def error_line(error: str, verbose: bool) -> str:
@@ -58,7 +45,3 @@ def print_outbox_overview(overview: OutboxOverview, verbose: bool = False) -> No
         lines.append(unroutable)
     print_out(*lines)
 
-
-def retry_dead_letters(settings: Settings, database: Database, study_uid: str | None) -> int:
-    """`dicom-ai retry --outbox`: re-arm dead letters (all, or one study's); a running node sends them."""
-    return Outbox.for_node(settings, database).retry_dead(study_uid=study_uid)

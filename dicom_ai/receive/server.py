@@ -34,6 +34,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
+from dicom_ai.observe import metrics
 from dicom_ai.receive.access import AccessPolicy
 from dicom_ai.receive.contexts import contexts_for_request
 from dicom_ai.receive.reactors import BulkReadingSocket, WaitingDUL, run_acceptor_reactor
@@ -126,6 +127,7 @@ class NodeACSE(ACSE):
                 return
             assoc.session = AssociationSession(association_id, calling_ae, assoc.peer_host, assoc.peer_port,
                                                assoc.tls)
+            metrics.ASSOCIATIONS_ACTIVE.inc()
         elif assoc.is_rejected:  # pynetdicom's own refusals, e.g. node.max_associations reached
             assoc.record_rejection(calling_ae, called_ae, "rejected by the DICOM upper layer (maximum number of "
                                                           "associations reached or an unsupported request)")
@@ -288,6 +290,7 @@ class NodeServer(ThreadedAssociationServer):
                 log.info("connection from %s:%d closed without an association (nothing or no valid "
                          "A-ASSOCIATE-RQ within node.acse_timeout)", association.peer_host, association.peer_port)
             return
+        metrics.ASSOCIATIONS_ACTIVE.dec()
         outcome = AssociationOutcome.RELEASED if association.is_released else AssociationOutcome.ABORTED
         self.gate.database.close_association(session.association_id, outcome, session.stored, session.failed)
         log.info("association %d with %s@%s:%d %s: %d stored, %d failed", session.association_id,

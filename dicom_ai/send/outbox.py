@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from dicom_ai.backoff import backoff_delay
 from dicom_ai.config import SendSettings, Settings
 from dicom_ai.send.destinations import DeliveryPlan
+from dicom_ai.store.controls import Control, is_paused
 from dicom_ai.store.database import Database, add_event
 from dicom_ai.store.models import Event, utcnow
 from dicom_ai.store.outbox_model import OutboxItem, OutboxState
@@ -249,6 +250,8 @@ class Outbox:
         """Mark up to `limit` due rows `sending` (counting the attempt) and return them, oldest due first."""
         now = self._clock()
         with self.database.write_session() as session:
+            if is_paused(session, Control.SENDING):  # an operator paused sending (dicom_ai.store.controls)
+                return []
             rows = session.scalars(
                 select(OutboxItem)
                 .where(OutboxItem.state == OutboxState.PENDING, OutboxItem.next_attempt_at <= now)
@@ -375,6 +378,8 @@ class Outbox:
     def next_due_at(self) -> datetime | None:
         """When the earliest pending row becomes due (None when nothing is pending)."""
         with self.database.session() as session:
+            if is_paused(session, Control.SENDING):
+                return None  # nothing becomes due while paused: the dispatcher idles a whole poll interval
             return session.scalar(select(func.min(OutboxItem.next_attempt_at))
                                   .where(OutboxItem.state == OutboxState.PENDING))
 

@@ -21,6 +21,8 @@ from sqlalchemy.orm import Session
 
 from dicom_ai.backoff import backoff_delay
 from dicom_ai.config import QueueSettings
+from dicom_ai.observe import metrics
+from dicom_ai.store.controls import Control, is_paused
 from dicom_ai.store.database import Database, add_event, set_study_state
 from dicom_ai.store.models import Instance, Job, Series, Study, utcnow
 from dicom_ai.store.records import (ClaimedJob, CompletionResult, JobInstance, JobState, ReceivingStudy,
@@ -136,11 +138,18 @@ class JobQueue:
         Its `instances` are empty when it holds only our own outputs."""
         quiet_since = self._clock() - timedelta(seconds=quiet_seconds)
         with self.database.session() as session:
+            if is_paused(session, Control.PROCESSING):
+                return None
             quietest = _quietest_receiving_study(session, analysed)
             if quietest is None or self._quiet_since(quietest[2]) > quiet_since:
                 return None
             study_id, study_uid, last_received_at = quietest
             return ReceivingStudy(study_uid, last_received_at, _analysable_instances(session, study_id))
+
+    def processing_paused(self) -> bool:
+        """Whether an operator paused processing: idle workers then wait a whole poll interval."""
+        with self.database.session() as session:
+            return is_paused(session, Control.PROCESSING)
 
     def seconds_until_quiet(self, quiet_seconds: float,
                             analysed: Mapping[str, datetime] | None = None) -> float | None:
@@ -177,6 +186,8 @@ class JobQueue:
         """Take the oldest due queued job with a lease for `worker_id`, or None when there is none."""
         now = self._clock()
         with self.database.write_session() as session:
+            if is_paused(session, Control.PROCESSING):  # an operator paused processing (dicom_ai.store.controls)
+                return None
             candidate = session.scalar(next_due_job(now))
             if candidate is None:
                 return None
@@ -256,6 +267,7 @@ class JobQueue:
                 self._end_failed_attempt(
                     session, job, f"lease expired: worker {job.worker_id} stopped heartbeating "
                                   f"(crashed or killed) during attempt {job.attempts}")
+            metrics.LEASES_RECLAIMED.inc(len(expired))
             return [job.id for job in expired]
 
     def reclaim_orphans(self, is_orphan: Callable[[str], bool]) -> list[int]:
@@ -270,6 +282,7 @@ class JobQueue:
                 self._end_failed_attempt(
                     session, job, f"worker {job.worker_id} is gone (its process ended: crashed or killed) "
                                   f"during attempt {job.attempts}")
+            metrics.LEASES_RECLAIMED.inc(len(orphans))
             return [job.id for job in orphans]
 
     def _held(self, session: Session, job_id: int, worker_id: str) -> Job:

@@ -136,7 +136,8 @@ def write_config(tmp_path: Path, port: int, data_dir: Path, **queue: object) -> 
     entries = "\n".join(f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {value}"
                          for key, value in {**QUEUE_DEFAULTS, **queue}.items()).replace("'", '"')
     config.write_text(f'[node]\nae_title = "DICOM_AI"\nbind = "127.0.0.1"\nport = {port}\n\n'
-                      f'[storage]\ndata_dir = "{data_dir}"\n\n[queue]\n{entries}\n')
+                      f'[storage]\ndata_dir = "{data_dir}"\n\n[queue]\n{entries}\n\n'
+                      '[http]\nenabled = false\n')
     return config
 
 

@@ -61,10 +61,12 @@ class ServedNode:
         self.port = port or free_port()
         self.data_dir = directory / "data"
         directory.mkdir(parents=True, exist_ok=True)
+        self.http_port = free_port()  # the dashboard / API / metrics (dicom_ai.web), never the default 8080
         tables = {"node": {"ae_title": ae_title, "bind": "127.0.0.1", "port": self.port},
-                  "storage": {"data_dir": str(self.data_dir)}}
+                  "storage": {"data_dir": str(self.data_dir)}, "http": {"port": self.http_port}}
         for table, values in config.items():
             tables[table] = {**tables.get(table, {}), **values}
+        self.http_enabled = bool(tables["http"].get("enabled", True))
         self.config_path = directory / "config.toml"
         write_toml(self.config_path, tables)
         self.log_path = directory / "serve.log"
@@ -79,7 +81,7 @@ class ServedNode:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"dicom-ai serve exited with {self.process.returncode}:\n{self.log()}")
-            if self._listening():
+            if self._listening() and self._http_answers():
                 return
             time.sleep(0.1)
         self.stop()
@@ -116,6 +118,16 @@ class ServedNode:
         except sqlite3.Error:  # not migrated yet
             return False
         return row is not None and row[0] == self.port
+
+    def _http_answers(self) -> bool:
+        """The HTTP side starts after the listener (a probe of it is no DICOM client)."""
+        if not self.http_enabled:
+            return True
+        try:
+            with socket.create_connection(("127.0.0.1", self.http_port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def stop(self, timeout: float = 60.0) -> int | None:
         if self.process is None:
