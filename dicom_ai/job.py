@@ -30,7 +30,7 @@ from dicom_ai.pipeline.findings import StudyFindings
 from dicom_ai.send.outbox import part10_summary
 from dicom_ai.send.sender import ResultSender
 from dicom_ai.store.database import Database
-from dicom_ai.store.records import ClaimedJob, JobInstance, ReceivingStudy
+from dicom_ai.store.records import ClaimedJob, JobFence, JobInstance, ReceivingStudy
 
 if TYPE_CHECKING:
     from dicom_ai.models.registry import ModelRegistry
@@ -65,6 +65,7 @@ class StudyJob:
     instances: tuple[JobInstance, ...]
     _database: Database = field(repr=False, compare=False)
     _stop: threading.Event = field(repr=False, compare=False, default_factory=threading.Event)
+    worker_id: str = ""  # the lease holder (host:pid:thread); with `attempt`, the fence its results are queued under
 
     def record(self, kind: str, detail: str | dict[str, Any] = "") -> None:
         """Add an event (e.g. "pipeline.routed", "send.stored") to this study's audit trail."""
@@ -74,11 +75,16 @@ class StudyJob:
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def fence(self) -> JobFence | None:
+        """Results may be queued only while this holds (None: the job was not claimed from the queue)."""
+        return JobFence(self.job_id, self.worker_id, self.attempt) if self.worker_id else None
+
     @classmethod
     def from_claim(cls, claim: ClaimedJob, database: Database) -> StudyJob:
         return cls(job_id=claim.job_id, study_uid=claim.study_uid, attempt=claim.attempt,
                    max_attempts=claim.max_attempts, calling_ae=claim.calling_ae, instances=claim.instances,
-                   _database=database)
+                   _database=database, worker_id=claim.worker_id)
 
 
 StudyHandler = Callable[[StudyJob], None]
@@ -202,7 +208,8 @@ def _queue_outputs(job: StudyJob, sender: ResultSender, outputs: Sequence[Datase
                                             for ds in headers]})
     if not outputs:
         return
-    submitted = sender.submit(outputs, study_uid=job.study_uid, calling_ae=job.calling_ae, job_id=job.job_id)
+    submitted = sender.submit(outputs, study_uid=job.study_uid, calling_ae=job.calling_ae, job_id=job.job_id,
+                              fence=job.fence)
     job.record("send.submitted", submitted.summary)
 
 

@@ -210,6 +210,9 @@ class Worker:
     def _run_handler(self, job: StudyJob, worker_id: str) -> None:
         try:
             self.handler(job)
+        except LeaseLost as lost:  # fenced: the handler tried to queue results for a job it no longer holds
+            self._discard(job, worker_id, lost)
+            return
         except Exception as exc:
             if self._stopping.is_set():
                 # Interrupted by the node stopping (the handler saw `stop_requested`): not the study's fault.
@@ -229,12 +232,17 @@ class Worker:
                 log.error("job %d failed after its lease was lost: %s", job.job_id, lost)
             return
         try:
-            self.queue.complete(job.job_id, worker_id)
+            self.queue.complete(job.job_id, worker_id, job.attempt)
             log.info("job %d: done (study %s)", job.job_id, job.study_uid)
         except LeaseLost as lost:
-            # Someone else holds (or will re-run) the job now; its outcome is theirs to record.
-            log.error("job %d finished after its lease was lost: %s", job.job_id, lost)
-            job.record("job.result_discarded", {"worker": worker_id, "reason": str(lost)})
+            self._discard(job, worker_id, lost)
+
+    @staticmethod
+    def _discard(job: StudyJob, worker_id: str, lost: LeaseLost) -> None:
+        # Someone else holds (or will re-run) the job now; its outcome is theirs to record.
+        log.error("job %d: attempt %d finished after its lease was lost; nothing of it is kept: %s", job.job_id,
+                  job.attempt, lost)
+        job.record("job.result_discarded", {"worker": worker_id, "attempt": job.attempt, "reason": str(lost)})
 
     def _heartbeat_loop(self) -> None:
         interval = self.queue.settings.heartbeat_seconds

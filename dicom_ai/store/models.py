@@ -189,7 +189,8 @@ class Event(Base):
 
 
 class NodeRun(Base):
-    """One run of `dicom-ai serve`: where it listened and when it last showed signs of life."""
+    """One run of `dicom-ai serve` (one process, any host): its roles, where it listened (`port` 0 without the
+    listener role), when it last showed signs of life, and when another process marked it dead."""
 
     __tablename__ = "node_runs"
 
@@ -203,6 +204,8 @@ class NodeRun(Base):
     started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    roles: Mapped[str] = mapped_column(String(64), default="listener,worker,sender,monitor")
+    dead_at: Mapped[datetime | None] = mapped_column(UtcDateTime, doc="heartbeat found too old by another process")
 
 
 @event.listens_for(Event, "before_update")

@@ -7,6 +7,11 @@ hold the same job. The holder renews the lease with heartbeats; a job whose leas
 killed) is reclaimed and counts as a failed attempt. After `max_attempts` failed attempts a job is `failed` until an
 operator re-queues it (`dicom-ai retry`). A job is only ever marked `done` by the worker holding it, after its
 handler returned.
+
+Fencing: a worker that was paused, partitioned or slow past its lease may wake up after another worker re-claimed
+the job. Every transaction that writes a job's results (the outbox rows, `dicom_ai.send.outbox`) or completes it
+first locks the job row and checks holder and attempt (`hold_lease`), so the stale worker gets `LeaseLost` and
+writes nothing.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from sqlalchemy.orm import Session
 from dicom_ai.config import QueueSettings
 from dicom_ai.store.database import Database, add_event, set_study_state
 from dicom_ai.store.models import Instance, Job, Series, Study, utcnow
-from dicom_ai.store.records import (ClaimedJob, CompletionResult, JobInstance, JobState, ReceivingStudy,
-                                    StudyState)
+from dicom_ai.store.records import (ClaimedJob, CompletionResult, JobFence, JobInstance, JobState,
+                                    ReceivingStudy, StudyState)
 from dicom_ai.store.stability import mark_quiet_studies_stable, mark_stable
 
 log = logging.getLogger(__name__)
@@ -187,11 +192,12 @@ class JobQueue:
             )
             return renewed.rowcount == 1
 
-    def complete(self, job_id: int, worker_id: str) -> None:
-        """The handler returned: the job is done (the study too, unless new instances re-opened it meanwhile)."""
+    def complete(self, job_id: int, worker_id: str, attempt: int | None = None) -> None:
+        """The handler returned: the job is done (the study too, unless new instances re-opened it meanwhile).
+        `LeaseLost` when `worker_id` (in `attempt`, when given) no longer holds it."""
         now = self._clock()
         with self.database.write_session() as session:
-            job = self._held(session, job_id, worker_id)
+            job = self._held(session, job_id, worker_id, attempt)
             job.state = JobState.DONE
             job.finished_at = job.updated_at = now
             job.lease_expires_at = None
@@ -250,12 +256,8 @@ class JobQueue:
                                   f"during attempt {job.attempts}")
             return [job.id for job in orphans]
 
-    def _held(self, session: Session, job_id: int, worker_id: str) -> Job:
-        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-        if job is None or job.state != JobState.RUNNING or job.worker_id != worker_id:
-            state = "missing" if job is None else f"{job.state}, held by {job.worker_id}"
-            raise LeaseLost(f"job {job_id} is no longer held by {worker_id} ({state})")
-        return job
+    def _held(self, session: Session, job_id: int, worker_id: str, attempt: int | None = None) -> Job:
+        return _lock_held_job(session, job_id, worker_id, attempt)
 
     def _end_failed_attempt(self, session: Session, job: Job, error: str, *, permanent: bool = False) -> str:
         now = self._clock()
@@ -341,6 +343,24 @@ class JobQueue:
                 set_study_state(session, job.study, StudyState.QUEUED, reason="retry requested", job_id=job.id)
                 requeued.append(job.id)
             return requeued
+
+
+def hold_lease(session: Session, fence: JobFence) -> None:
+    """Lock the job row for the rest of `session`'s transaction and check that `fence` still holds its lease;
+    `LeaseLost` otherwise (the caller's transaction then rolls back: it writes nothing)."""
+    _lock_held_job(session, fence.job_id, fence.worker_id, fence.attempt)
+
+
+def _lock_held_job(session: Session, job_id: int, worker_id: str, attempt: int | None) -> Job:
+    # The row lock makes a reclaim (which skips locked rows) wait for this transaction, and this one wait for it.
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if (job is None or job.state != JobState.RUNNING or job.worker_id != worker_id
+            or (attempt is not None and job.attempts != attempt)):
+        state = "missing" if job is None else f"{job.state}, attempt {job.attempts}, held by {job.worker_id}"
+        mine = worker_id if attempt is None else f"{worker_id} in attempt {attempt}"
+        raise LeaseLost(f"job {job_id} is no longer held by {mine} (now {state}): its lease expired and the job "
+                        f"was reclaimed; this attempt's results are discarded")
+    return job
 
 
 def next_due_job(now: datetime) -> Select[tuple[int]]:
