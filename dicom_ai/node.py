@@ -36,6 +36,7 @@ from dicom_ai.store.database import Database, DatabaseError, open_database
 from dicom_ai.store.node_lock import DataDirInUse, DataDirLock, HeldLock
 from dicom_ai.store.node_runs import NodeRunHeartbeat, start_node_run, stop_node_run
 from dicom_ai.store.queue import JobQueue
+from dicom_ai.store.recorder import replay_orphan_journals
 from dicom_ai.store.retention import PurgeSchedule, finish_interrupted_purges
 from dicom_ai.store.spool import Spool
 from dicom_ai.store.stability import StabilityMonitor
@@ -152,7 +153,9 @@ class Node:
         return bind, port
 
     def _start_monitor(self, database: Database, queue: JobQueue, spool: Spool) -> None:
-        self.monitor = StabilityMonitor(queue, on_queued=lambda _jobs: self.worker.wake() if self.worker else None)
+        # Each round also records what a listener that died (on any host) answered for but had not committed.
+        self.monitor = StabilityMonitor(queue, on_tick=lambda: replay_orphan_journals(database, spool.root),
+                                        on_queued=lambda _jobs: self.worker.wake() if self.worker else None)
         self.monitor.start()
         retention = self.settings.retention
         if retention.purge_after_hours > 0:

@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from dicom_ai.store.models import NodeRun
+from tests.cli.test_serve_crash import StoreSCU, make_study
 from tests.store.conftest import fresh_postgres_database, postgres_server  # noqa: F401  (fixture)
 from tests.support.cluster import Cluster, make_series, pacs_copies, send_study, storescu
 from tests.support.orthanc import OrthancNode
@@ -163,3 +164,24 @@ def test_a_sender_killed_mid_delivery_is_replaced_after_its_lease_and_each_resul
     assert interrupted[2]["sender"] == f"{HOST}:{killed.pid}"
     assert len(cluster.events("send.stored", study_uid)) == 1
     assert pacs_copies(cluster.pacs, result_uid(study_uid)) == 1
+
+
+def test_a_listener_killed_mid_transfer_loses_nothing_it_acknowledged_without_a_restart(
+        cluster: Cluster, tmp_path: Path) -> None:
+    listener = cluster.start("listener", wait=False)
+    back = cluster.start("monitor", wait=False)  # records what the dead listener journaled (every round)
+    for started in (listener, back):
+        cluster.wait_running(started)
+    study_uid, uids = make_study(tmp_path / "study", 200)
+    sender = StoreSCU(listener.port, tmp_path / "study")
+    wait_for(lambda: len(sender.acknowledged) >= 40 or sender.process.poll() is not None, 60, "40 acknowledgements")
+    cluster.kill(listener)
+    sender.wait()
+    acknowledged = list(sender.acknowledged)
+    assert 40 <= len(acknowledged) < len(uids), "the listener must die in the middle of the transfer"
+
+    def all_recorded() -> bool:
+        stored = cluster.database.stored_copies(acknowledged)
+        return len(stored) == len(acknowledged)
+    wait_for(all_recorded, 30, "every acknowledged instance to be recorded")
+    assert not [p for p in (cluster.shared / "spool" / ".journal").iterdir() if p.is_dir()]
