@@ -8,7 +8,6 @@ to run, the first thread lets the handler analyse a quiet receiving study ahead 
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import socket
@@ -26,7 +25,6 @@ from dicom_ai.store.stability import WAKE_MARGIN_SECONDS
 
 log = logging.getLogger(__name__)
 
-ANALYSED_AHEAD_REMEMBERED = 1000  # studies whose analysis ahead the worker remembers (then it forgets them all)
 
 
 def default_worker_name() -> str:
@@ -71,7 +69,6 @@ class Worker:
         self._held: dict[int, _Held] = {}
         self._held_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._analysed_ahead: dict[str, dt.datetime] = {}  # study UID -> last_received_at when analysed ahead
 
     # -- life cycle ----------------------------------------------------------------------------------------
 
@@ -158,23 +155,22 @@ class Worker:
         quiet_seconds = self.queue.settings.analyse_ahead_after_seconds
         if not quiet_seconds:
             return poll
-        due = self.queue.seconds_until_quiet(quiet_seconds, self._analysed_ahead)
+        due = self.queue.seconds_until_quiet(quiet_seconds, unclaimed=True)
         return min(poll, quiet_seconds if due is None else due + WAKE_MARGIN_SECONDS)
 
     def analyse_ahead_once(self, analyse: Callable[[ReceivingStudy, AheadControl], None]) -> bool:
         """With no job to run: hand the receiving study that will be stable soonest, once it has been quiet for
-        `queue.analyse_ahead_after_seconds`, to the handler's `analyse_ahead`, once per state of the study. It gives
+        `queue.analyse_ahead_after_seconds`, to the handler's `analyse_ahead`, once per state of the study (decided in
+        the database: one worker process on any host per state, see `JobQueue.study_to_analyse_ahead`). It gives
         way between series when another study's job is due, the study receives another instance (it is analysed
         again once quiet), or the node stops. False when there was nothing to do."""
         quiet_seconds = self.queue.settings.analyse_ahead_after_seconds
         if not quiet_seconds:
             return False
-        study = self.queue.study_to_analyse_ahead(quiet_seconds, self._analysed_ahead)
+        # Claimed in the study's row: one worker process, on any host, analyses a study ahead in one state.
+        study = self.queue.study_to_analyse_ahead(quiet_seconds, claimant=self.name)
         if study is None:
             return False
-        if len(self._analysed_ahead) >= ANALYSED_AHEAD_REMEMBERED:
-            self._analysed_ahead.clear()
-        self._analysed_ahead[study.study_uid] = study.last_received_at
         if not study.instances:
             return False
 
@@ -192,7 +188,7 @@ class Worker:
     def run_once(self, worker_id: str | None = None) -> bool:
         """Claim one due job and run the handler on it; False when there was none."""
         worker_id = worker_id or f"{self.name}:once"
-        claim = self.queue.claim(worker_id)
+        claim = self.queue.claim(worker_id, prefer_ahead_by=self.name)
         if claim is None:
             return False
         job = StudyJob.from_claim(claim, self.queue.database)

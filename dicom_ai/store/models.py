@@ -99,6 +99,9 @@ class Study(Base):
     first_received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    ahead_of: Mapped[datetime | None] = mapped_column(
+        UtcDateTime, doc="the last_received_at a worker analysed the study ahead at (one worker per state, any host)")
+    ahead_by: Mapped[str | None] = mapped_column(String(128), doc="that worker process (host:pid)")
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
     jobs: Mapped[list[Job]] = relationship(back_populates="study", order_by="Job.id")

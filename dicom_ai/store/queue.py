@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicom_ai.config import QueueSettings
@@ -116,27 +116,43 @@ class JobQueue:
         set_study_state(session, study, StudyState.QUEUED, job_id=job.id)
         return job
 
-    def study_to_analyse_ahead(self, quiet_seconds: float,
-                               analysed: Mapping[str, datetime]) -> ReceivingStudy | None:
+    def study_to_analyse_ahead(self, quiet_seconds: float, analysed: Mapping[str, datetime] | None = None,
+                               claimant: str | None = None) -> ReceivingStudy | None:
         """The receiving study that will be stable soonest among those quiet for `quiet_seconds`, skipping studies
         whose `last_received_at` is the one in `analysed` (already analysed ahead in that state); None when none.
-        Its `instances` are empty when it holds only our own outputs."""
+        Its `instances` are empty when it holds only our own outputs.
+
+        With `claimant` (a worker process, `host:pid`), the decision is the database's: studies already analysed
+        ahead in their current state by any worker are skipped, and the study is claimed for `claimant` in its row
+        (`ahead_of`, `ahead_by`) in the same transaction; None when another worker, on any host, claimed it first.
+        """
         quiet_since = self._clock() - timedelta(seconds=quiet_seconds)
-        with self.database.session() as session:
-            quietest = _quietest_receiving_study(session, analysed)
+        with self.database.write_session() if claimant else self.database.session() as session:
+            quietest = _quietest_receiving_study(session, analysed or {}, unclaimed=claimant is not None)
             if quietest is None or quietest[2] > quiet_since:
                 return None
             study_id, study_uid, last_received_at = quietest
+            if claimant is not None:
+                claimed = session.execute(
+                    update(Study).where(Study.id == study_id, Study.state == StudyState.RECEIVING,
+                                        Study.last_received_at == last_received_at,
+                                        or_(Study.ahead_of.is_(None), Study.ahead_of != last_received_at))
+                    .values(ahead_of=last_received_at, ahead_by=claimant)
+                    .execution_options(synchronize_session=False))
+                if claimed.rowcount != 1:
+                    return None  # another worker took it, or an instance arrived meanwhile
             return ReceivingStudy(study_uid, last_received_at, _analysable_instances(session, study_id))
 
     def seconds_until_quiet(self, quiet_seconds: float,
-                            analysed: Mapping[str, datetime] | None = None) -> float | None:
-        """How long until the next receiving study (skipping those in `analysed`, see `study_to_analyse_ahead`) has
-        been quiet for `quiet_seconds` (0 when one has); None when none is left. The stability monitor (quiet
-        period) and an idle worker (analysis ahead) sleep this long, plus `stability.WAKE_MARGIN_SECONDS`, instead
-        of a whole poll interval."""
+                            analysed: Mapping[str, datetime] | None = None, *,
+                            unclaimed: bool = False) -> float | None:
+        """How long until the next receiving study (skipping those in `analysed`, and with `unclaimed` those some
+        worker analysed ahead in their current state, see `study_to_analyse_ahead`) has been quiet for
+        `quiet_seconds` (0 when one has); None when none is left. The stability monitor (quiet period) and an idle
+        worker (analysis ahead) sleep this long, plus `stability.WAKE_MARGIN_SECONDS`, instead of a whole poll
+        interval."""
         with self.database.session() as session:
-            quietest = _quietest_receiving_study(session, analysed or {})
+            quietest = _quietest_receiving_study(session, analysed or {}, unclaimed=unclaimed)
         if quietest is None:
             return None
         due = quietest[2] + timedelta(seconds=quiet_seconds)
@@ -156,11 +172,13 @@ class JobQueue:
 
     # -- consuming jobs --------------------------------------------------------------------------------------
 
-    def claim(self, worker_id: str) -> ClaimedJob | None:
-        """Take the oldest due queued job with a lease for `worker_id`, or None when there is none."""
+    def claim(self, worker_id: str, prefer_ahead_by: str | None = None) -> ClaimedJob | None:
+        """Take the oldest due queued job with a lease for `worker_id`, or None when there is none; with
+        `prefer_ahead_by` (the worker process), first the jobs of studies it analysed ahead (their findings wait in
+        its memory)."""
         now = self._clock()
         with self.database.write_session() as session:
-            candidate = session.scalar(next_due_job(now))
+            candidate = session.scalar(next_due_job(now, prefer_ahead_by))
             if candidate is None:
                 return None
             claimed = session.execute(
@@ -363,23 +381,27 @@ def _lock_held_job(session: Session, job_id: int, worker_id: str, attempt: int |
     return job
 
 
-def next_due_job(now: datetime) -> Select[tuple[int]]:
-    """The oldest due queued job; PostgreSQL skips rows other claimers have locked, SQLite has no row locks and
-    serialises writers instead (BEGIN IMMEDIATE)."""
+def next_due_job(now: datetime, prefer_ahead_by: str | None = None) -> Select[tuple[int]]:
+    """The oldest due queued job (first those of studies `prefer_ahead_by` analysed ahead); PostgreSQL skips rows
+    other claimers have locked, SQLite has no row locks and serialises writers instead (BEGIN IMMEDIATE)."""
     # Locks the study row too (FOR UPDATE covers every joined table): a claim never waits on any lock, so it
     # cannot deadlock with a listener thread that holds the study while recording an instance.
+    order = [case((Study.ahead_by == prefer_ahead_by, 0), else_=1)] if prefer_ahead_by else []
     return (select(Job.id).join(Study, Job.study_id == Study.id)
             .where(Job.state == JobState.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now))
-            .order_by(Job.id).limit(1)
+            .order_by(*order, Job.id).limit(1)
             .with_for_update(skip_locked=True))
 
 
-def _quietest_receiving_study(session: Session,
-                              analysed: Mapping[str, datetime]) -> tuple[int, str, datetime] | None:
+def _quietest_receiving_study(session: Session, analysed: Mapping[str, datetime],
+                              unclaimed: bool = False) -> tuple[int, str, datetime] | None:
     """(id, UID, last_received_at) of the receiving study that has been quiet longest, skipping those whose
-    last_received_at is the one in `analysed`; None when none is left."""
-    rows = session.execute(select(Study.id, Study.study_uid, Study.last_received_at)
-                           .where(Study.state == StudyState.RECEIVING).order_by(Study.last_received_at))
+    last_received_at is the one in `analysed` and, with `unclaimed`, those a worker analysed ahead in their
+    current state; None when none is left."""
+    query = select(Study.id, Study.study_uid, Study.last_received_at).where(Study.state == StudyState.RECEIVING)
+    if unclaimed:
+        query = query.where(or_(Study.ahead_of.is_(None), Study.ahead_of != Study.last_received_at))
+    rows = session.execute(query.order_by(Study.last_received_at))
     return next(((study_id, uid, last) for study_id, uid, last in rows if analysed.get(uid) != last), None)
 
 

@@ -1,5 +1,5 @@
 """Several processes on several hosts: node runs name their roles and can be marked dead; outbox rows are claimed
-with a lease by one sender.
+with a lease by one sender; a study is analysed ahead by one worker per state, recorded in its row.
 
 Revision ID: 0201_several_nodes
 Revises: 0101_outbox
@@ -20,6 +20,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table('studies', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('ahead_of', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('ahead_by', sa.String(length=128), nullable=True))
     with op.batch_alter_table('node_runs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('roles', sa.String(length=64), nullable=False,
                                       server_default='listener,worker,sender,monitor'))
@@ -36,3 +39,6 @@ def downgrade() -> None:
     with op.batch_alter_table('node_runs', schema=None) as batch_op:
         batch_op.drop_column('dead_at')
         batch_op.drop_column('roles')
+    with op.batch_alter_table('studies', schema=None) as batch_op:
+        batch_op.drop_column('ahead_by')
+        batch_op.drop_column('ahead_of')
