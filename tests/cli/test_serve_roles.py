@@ -21,7 +21,11 @@ from sqlalchemy import select
 
 from dicom_ai.store.models import NodeRun
 from tests.cli.test_serve_crash import StoreSCU, make_study
-from tests.store.conftest import fresh_postgres_database, postgres_server  # noqa: F401  (fixture)
+from tests.store.conftest import (  # noqa: F401  (fixture)
+    fresh_postgres_database,
+    postgres_server,
+    restart_postgres_server,
+)
 from tests.support.cluster import Cluster, make_series, pacs_copies, send_study, storescu
 from tests.support.orthanc import OrthancNode
 from tests.support.result_handler import result_uid
@@ -185,3 +189,29 @@ def test_a_listener_killed_mid_transfer_loses_nothing_it_acknowledged_without_a_
         return len(stored) == len(acknowledged)
     wait_for(all_recorded, 30, "every acknowledged instance to be recorded")
     assert not [p for p in (cluster.shared / "spool" / ".journal").iterdir() if p.is_dir()]
+
+
+def test_postgresql_restarted_during_ingest_loses_nothing_acknowledged_and_the_node_reconnects(
+        cluster: Cluster, tmp_path: Path, postgres_server: str) -> None:  # noqa: F811
+    node = cluster.start("all")
+    study_uid, uids = make_study(tmp_path / "study", 300)
+    sender = StoreSCU(node.port, tmp_path / "study")
+    wait_for(lambda: len(sender.acknowledged) >= 40 or sender.process.poll() is not None, 60, "40 acknowledgements")
+    restart_postgres_server(postgres_server)  # open connections are cut, as in a failover
+    sender.wait()  # the rest is refused (0xA700) or the association aborted: never a success for unrecorded data
+    acknowledged = list(sender.acknowledged)
+    assert 40 <= len(acknowledged) < len(uids), "the restart must refuse part of the transfer"
+
+    def all_recorded() -> bool:
+        try:
+            return len(cluster.database.stored_copies(acknowledged)) == len(acknowledged)
+        except Exception:  # the test's own connections were cut too
+            return False
+    wait_for(all_recorded, 60, "every acknowledged instance to be recorded after the restart")
+
+    again = StoreSCU(node.port, tmp_path / "study")  # the node reconnected: the whole study goes in now
+    assert again.wait() == 0 and sorted(again.acknowledged) == sorted(uids)
+    wait_for(lambda: cluster.delivered(study_uid) and cluster.jobs(study_uid)[-1].state == "done"
+             and cluster.events("test.read", study_uid)[-1][2]["instances"] == len(uids), 90,
+             "the whole study to be analysed and its result delivered")
+    assert pacs_copies(cluster.pacs, result_uid(study_uid)) == 1

@@ -52,6 +52,7 @@ def instance_factory() -> Callable[..., ReceivedInstance]:
 
 _INITDB = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
 _databases = itertools.count(1)
+_restarts: dict[str, Callable[[], None]] = {}  # base URL -> restarts that server
 
 
 @pytest.fixture(scope="session")
@@ -76,11 +77,19 @@ def postgres_server() -> Iterator[str]:
     run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "node", "-E", "UTF8", "--no-sync")
     run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
         "-o", f"-p {port} -k {root} -h 127.0.0.1 -F", "start")
+    url = f"postgresql+psycopg://node@127.0.0.1:{port}"
+    _restarts[url] = lambda: run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-m",
+                                 "fast", "-w", "restart")
     try:
-        yield f"postgresql+psycopg://node@127.0.0.1:{port}"
+        yield url
     finally:
         run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def restart_postgres_server(server: str) -> None:
+    """Restart the `postgres_server` at `server` (fast shutdown: open connections are cut, as in a failover)."""
+    _restarts[server]()
 
 
 def fresh_postgres_database(server: str) -> str:
