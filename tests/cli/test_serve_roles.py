@@ -114,7 +114,9 @@ def test_a_worker_paused_past_its_lease_is_fenced_off_and_queues_nothing(cluster
     assert len(cluster.events("send.queued", study_uid)) == 1  # only attempt 2 queued its result
     (row,) = cluster.outbox(study_uid)
     assert row.sop_instance_uid == result_uid(study_uid) and row.state == "sent"
-    assert not list((cluster.shared / "outbox").glob("*.dcm"))  # attempt 1's staged file was removed
+    # The sender removes a delivered file right after recording it; attempt 1's staged file was removed by the fence
+    # (no row refers to it, so nothing else ever would).
+    wait_for(lambda: not list((cluster.shared / "outbox").glob("*.dcm")), 10, "the outbox folder to be empty")
     assert pacs_copies(cluster.pacs, result_uid(study_uid)) == 1
 
 

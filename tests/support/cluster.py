@@ -35,11 +35,11 @@ from tests.support.waiting import wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
-# Short leases, heartbeats and quiet periods: a lost process is noticed within about two seconds.
-QUEUE = {"stable_after_seconds": 1.0, "lease_seconds": 2.0, "heartbeat_seconds": 0.4, "retry_delay_seconds": 0,
+# Short leases, heartbeats and quiet periods: a lost process is noticed within about three seconds.
+QUEUE = {"stable_after_seconds": 1.0, "lease_seconds": 3.0, "heartbeat_seconds": 0.5, "retry_delay_seconds": 0,
          "poll_seconds": 0.2, "max_attempts": 3, "workers": 1, "analyse_ahead_after_seconds": 0,
          "handler": "tests.support.result_handler:queue_one_result"}
-SEND = {"to_sender": False, "extra_destinations": ["PACS"], "lease_seconds": 2.0, "poll_seconds": 0.2,
+SEND = {"to_sender": False, "extra_destinations": ["PACS"], "lease_seconds": 3.0, "poll_seconds": 0.2,
         "timeout_seconds": 20, "backoff_initial_seconds": 0.5, "backoff_max_seconds": 2}
 
 
