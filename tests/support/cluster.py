@@ -2,7 +2,8 @@
 several hosts would run them (here: processes on loopback), with a real Orthanc as the PACS.
 
 `Cluster.start(role, ...)` starts a process and returns once its run is recorded (a listener: once it listens);
-`kill`, `pause` and `resume` send SIGKILL, SIGSTOP and SIGCONT. The job handler is
+`kill`, `pause` and `resume` send SIGKILL, SIGSTOP and SIGCONT. With `host=` (tests.support.netns) the process runs
+in that network namespace, under that host name, reaching PostgreSQL and Orthanc through its link. The job handler is
 tests.support.result_handler:queue_one_result (it queues one result per study through the outbox, under the job's
 fence), so what reaches Orthanc can be counted exactly.
 """
@@ -14,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from dicom_ai.store.database import Database
 from dicom_ai.store.models import Event, Job, NodeRun, Study
 from dicom_ai.store.outbox_model import OutboxItem
 from tests.e2e.served_node import free_port, write_toml
+from tests.support.netns import Host
 from tests.support.orthanc import OrthancNode
 from tests.support.tools import dcmtk_tool
 from tests.support.waiting import wait_for
@@ -49,6 +50,12 @@ class RoleProcess:
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    host: Host | None = None
+
+    @property
+    def address(self) -> str:
+        """Where its listener is reached from this namespace."""
+        return self.host.address if self.host else "127.0.0.1"
 
     @property
     def pid(self) -> int:
@@ -70,27 +77,35 @@ class Cluster:
 
     def __post_init__(self) -> None:
         self.shared = self.root / "shared"  # the NFS-like shared data directory: spool and outbox
-        self.config = self.root / "cluster.toml"
-        write_toml(self.config, {
-            "node": {"ae_title": "DICOM_AI", "bind": "127.0.0.1", "port": 0},
-            "storage": {"data_dir": str(self.shared), "database_url": self.database_url},
-            "queue": QUEUE, "send": SEND,
-            "nodes.PACS": {"ae_title": self.pacs.ae_title, "host": "127.0.0.1", "port": self.pacs.dicom_port},
-        })
         self.database = Database(self.database_url)
 
-    def start(self, *roles: str, wait: bool = True, **environ: str) -> RoleProcess:
+    def config(self, host: Host | None) -> Path:
+        """The configuration of the processes on `host` (None: this namespace), written on first use."""
+        path = self.root / f"{host.name if host else 'local'}.toml"
+        if not path.exists():
+            here = host.gateway if host else "127.0.0.1"
+            write_toml(path, {
+                "node": {"ae_title": "DICOM_AI", "bind": host.address if host else "127.0.0.1", "port": 0},
+                "storage": {"data_dir": str(self.shared),
+                            "database_url": self.database_url.replace("@127.0.0.1:", f"@{here}:")},
+                "queue": QUEUE, "send": SEND,
+                "nodes.PACS": {"ae_title": self.pacs.ae_title, "host": here, "port": self.pacs.dicom_port},
+            })
+        return path
+
+    def start(self, *roles: str, wait: bool = True, host: Host | None = None, **environ: str) -> RoleProcess:
         joined = ",".join(roles)
         port = free_port() if "listener" in roles or "all" in roles else 0
-        log_path = self.root / f"{joined.replace(',', '+')}-{len(self.processes)}.log"
+        log_path = self.root / f"{host.name + '-' if host else ''}{joined.replace(',', '+')}-{len(self.processes)}.log"
         env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               "DICOM_AI_CONFIG": str(self.config), "DICOM_AI_TEST_HANDLER_SECONDS": str(self.handler_seconds),
-               "PYTHONUNBUFFERED": "1", **environ}
+               "DICOM_AI_CONFIG": str(self.config(host)),
+               "DICOM_AI_TEST_HANDLER_SECONDS": str(self.handler_seconds), "PYTHONUNBUFFERED": "1", **environ}
         command = [sys.executable, "-c", "from dicom_ai.cli import main; main()", "serve", "--role", joined,
                    "--log-level", "info"] + (["--port", str(port)] if port else [])
         with log_path.open("ab") as log:
-            process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        started = RoleProcess(joined, port, process, log_path)
+            process = subprocess.Popen(host.command(command) if host else command, cwd=REPO_ROOT, env=env,
+                                       stdout=log, stderr=subprocess.STDOUT)
+        started = RoleProcess(joined, port, process, log_path, host)
         self.processes.append(started)
         if wait:
             self.wait_running(started)
@@ -191,19 +206,17 @@ def make_series(directory: Path, study_uid: str, count: int, series_number: int 
     return uids
 
 
-def storescu(port: int, folder: Path) -> subprocess.Popen[bytes]:
-    """dcmtk storescu sending every file of `folder` to a listener on loopback (as a modality, from outside)."""
+def storescu(port: int, folder: Path, address: str = "127.0.0.1") -> subprocess.Popen[bytes]:
+    """dcmtk storescu sending every file of `folder` to a listener (as a modality, from this namespace)."""
     tool = dcmtk_tool("storescu")
     assert tool is not None
-    return subprocess.Popen([tool, "-aet", "MODALITY", "-aec", "DICOM_AI", "+sd", "+r", "127.0.0.1", str(port),
+    return subprocess.Popen([tool, "-aet", "MODALITY", "-aec", "DICOM_AI", "+sd", "+r", address, str(port),
                              str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, "TCP_NODELAY": "1"})
 
 
-def send_study(port: int, folder: Path) -> None:
-    process = storescu(port, folder)
+def send_study(port: int, folder: Path, address: str = "127.0.0.1") -> None:
+    process = storescu(port, folder, address)
     _, errors = process.communicate(timeout=60)
     assert process.returncode == 0, errors.decode(errors="replace")
 
-
-Predicate = Callable[[], object]
