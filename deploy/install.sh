@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything dicom-ai needs on a fresh Debian 12 machine, idempotently:
 #   deploy/install.sh          the node (system packages, .venv with the package)
-#   deploy/install.sh --test   plus what the tests use (dcmtk, dicom3tools, Orthanc, Chromium, OHIF, pytest)
+#   deploy/install.sh --test   plus what the tests use (dcmtk, dicom3tools, Orthanc, Chromium, OHIF, pytest,
+#                              Prometheus + promtool, systemd-analyze, docker-compose for `config` checks)
 #   deploy/install.sh --postgres  plus the PostgreSQL driver (the `postgres` extra) and a local PostgreSQL with a
 #                              dicom_ai role and database (deploy/postgres.sh); prints the storage.database_url
 set -euo pipefail
@@ -18,7 +19,7 @@ done
 
 apt_packages=(openssl)
 if [ "$with_tests" = 1 ]; then
-  apt_packages+=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium fonts-dejavu-core postgresql)
+  apt_packages+=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium fonts-dejavu-core postgresql prometheus systemd docker-compose)
 fi
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
@@ -28,6 +29,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # Debian starts an Orthanc service on install; tests run their own instances.
   if [ -x /etc/init.d/orthanc ]; then $SUDO /etc/init.d/orthanc stop >/dev/null 2>&1 || true; fi
+  # ... and a Prometheus service; the tests start their own with a temporary config.
+  if [ -x /etc/init.d/prometheus ]; then $SUDO /etc/init.d/prometheus stop >/dev/null 2>&1 || true; fi
 fi
 
 python=${PYTHON:-python3.11}

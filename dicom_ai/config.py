@@ -139,7 +139,9 @@ class QueueSettings(_Section):
     lease_seconds: float = Field(60.0, gt=0)
     heartbeat_seconds: float = Field(10.0, gt=0)
     max_attempts: int = Field(3, ge=1)
-    retry_delay_seconds: float = Field(10.0, ge=0, description="wait before a failed attempt is tried again")
+    retry_delay_seconds: float = Field(30.0, ge=0, description="wait after a failed attempt; doubles after each "
+                                                              "further failure, up to retry_delay_max_seconds")
+    retry_delay_max_seconds: float = Field(600.0, ge=0)
     poll_seconds: float = Field(1.0, gt=0)
     analyse_ahead_after_seconds: float = Field(
         0.5, ge=0, description="an idle worker analyses a receiving study once it has been quiet this long, before it "
@@ -148,6 +150,12 @@ class QueueSettings(_Section):
     handler: str = Field(
         "", description="testing/extension hook: 'package.module:callable' run for each job instead of the pipeline"
     )
+
+    @model_validator(mode="after")
+    def _retry_delay_range(self) -> "QueueSettings":
+        if self.retry_delay_max_seconds < self.retry_delay_seconds:
+            raise ValueError("retry_delay_max_seconds: must be at least retry_delay_seconds")
+        return self
 
     @field_validator("handler")
     @classmethod
@@ -247,6 +255,53 @@ class LoggingSettings(_Section):
         return None if value == "" else value
 
 
+class HttpUser(_Section):
+    """A dashboard / API login: an argon2 hash of the password (`dicom-ai http hash-password`) and a role."""
+
+    password_hash: str
+    role: Literal["read-only", "operator"] = "read-only"
+
+
+class HttpToken(_Section):
+    """A bearer token for scripts and Prometheus: an argon2 hash of the token and a role."""
+
+    token_hash: str
+    role: Literal["read-only", "operator"] = "read-only"
+
+
+class HttpSettings(_Section):
+    """The operating surface inside `dicom-ai serve` (dicom_ai/web/): dashboard, JSON API, /metrics, health."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535, description="0 = any free port (logged)")
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    auth: Literal["users", "open"] = Field(
+        "users", description="'users': log in as one of [http.users] / a [http.tokens] bearer token; 'open': "
+                             "anyone may view and act (a lab), actions are audited as 'anonymous'")
+    users: dict[str, HttpUser] = Field(default_factory=dict)
+    tokens: dict[str, HttpToken] = Field(default_factory=dict)
+    metrics_public: bool = Field(True, description="/metrics without login (Prometheus); it holds no patient data")
+    session_hours: float = Field(12.0, gt=0)
+    ohif_url_template: str = Field("", description="viewer link per study, e.g. "
+                                                   "'https://pacs/ohif/viewer?StudyInstanceUIDs={study_uid}'")
+    upload_max_mb: float = Field(64.0, gt=0, description="largest file 'analyse an image' accepts")
+    ready_min_free_mb: float = Field(1024.0, ge=0, description="/readyz fails below this much free space in "
+                                                                "storage.data_dir")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "HttpSettings":
+        if (self.tls_certificate is None) != (self.tls_private_key is None):
+            raise ValueError("tls_certificate and tls_private_key: give both or neither")
+        for key, path in (("tls_certificate", self.tls_certificate), ("tls_private_key", self.tls_private_key)):
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{key}: file {path} does not exist or is not a file")
+        if self.ohif_url_template and "{study_uid}" not in self.ohif_url_template:
+            raise ValueError("ohif_url_template: must contain {study_uid}")
+        return self
+
+
 class Settings(_Section):
     node: NodeSettings = NodeSettings()
     access: AccessSettings = AccessSettings()
@@ -258,6 +313,7 @@ class Settings(_Section):
     send: SendSettings = SendSettings()
     retention: RetentionSettings = RetentionSettings()
     logging: LoggingSettings = LoggingSettings()
+    http: HttpSettings = HttpSettings()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Settings":
@@ -316,7 +372,8 @@ def _env_overrides(environ: dict[str, str]) -> list[tuple[str, str, str]]:
 def _resolve_relative_paths(tree: dict[str, Any], base: Path) -> None:
     """Relative paths in a config file are relative to that file, not to the current directory."""
     for section, key in (("storage", "data_dir"), ("pipeline", "models_dir"), ("tls", "certificate"),
-                         ("tls", "private_key"), ("tls", "ca_certificates"), ("logging", "file")):
+                         ("tls", "private_key"), ("tls", "ca_certificates"), ("logging", "file"),
+                         ("http", "tls_certificate"), ("http", "tls_private_key")):
         value = tree.get(section, {}).get(key) if isinstance(tree.get(section), dict) else None
         if isinstance(value, str) and value and not Path(value).is_absolute():
             tree[section][key] = str(base / value)

@@ -26,11 +26,14 @@ from typing import TYPE_CHECKING, Any
 from pydicom.dataset import Dataset
 
 from dicom_ai.config import ConfigError, Settings
+from dicom_ai.observe import metrics
 from dicom_ai.pipeline.findings import StudyFindings
 from dicom_ai.send.outbox import part10_summary
 from dicom_ai.send.sender import ResultSender
 from dicom_ai.store.database import Database
+from dicom_ai.store.previews import save_previews
 from dicom_ai.store.records import ClaimedJob, JobFence, JobInstance, ReceivingStudy
+from dicom_ai.store.results import BUILT_EVENT, results_built
 
 if TYPE_CHECKING:
     from dicom_ai.models.registry import ModelRegistry
@@ -70,6 +73,10 @@ class StudyJob:
     def record(self, kind: str, detail: str | dict[str, Any] = "") -> None:
         """Add an event (e.g. "pipeline.routed", "send.stored") to this study's audit trail."""
         self._database.record_event(kind, study_uid=self.study_uid, job_id=self.job_id, detail=detail)
+
+    def results_built_before(self) -> list[Dataset]:
+        """Headers of the objects earlier jobs built for this study, oldest first: what a re-analysis supersedes."""
+        return previous_results(self._database, self.study_uid)
 
     @property
     def stop_requested(self) -> bool:
@@ -156,25 +163,38 @@ def build_study_handler(settings: Settings, database: Database,
     return _analyse_study_handler(settings, database, sender or ResultSender(settings, database))
 
 
+def previous_results(database: Database, study_uid: str) -> list[Dataset]:
+    """The objects built for the study before (`results_built`), as the headers the report stage takes as
+    `previous`."""
+    headers = []
+    for result in results_built(database, study_uid):
+        header = Dataset()
+        header.StudyInstanceUID, header.SeriesInstanceUID = result.study_uid, result.series_uid
+        header.SOPClassUID, header.SOPInstanceUID = result.sop_class_uid, result.sop_instance_uid
+        headers.append(header)
+    return headers
+
+
 def report_and_send(job: StudyJob, sources: Sequence[Dataset], findings: StudyFindings, sender: ResultSender,
                     report_process: ReportProcess | None = None) -> None:
     """The last hops of a job: findings -> DICOM objects (report stage) -> the durable outbox (send stage).
 
     With a `report_process`, the complete SRs are built there meanwhile (dicom_ai.report.process), and what the
     viewer shows (SEG, boxes SR, key images) is queued first. Returns once every object is safely in the outbox
-    (`send.queued` per object and destination, or a dead letter with the reason when the sender is not in [nodes]);
-    delivery itself is the dispatcher's (`send.stored`).
+    (`send.queued` per object and destination; `send.unroutable`, once per study, when the sender is not in
+    [nodes]); delivery itself is the dispatcher's (`send.stored`). New SRs supersede those built for the study
+    before (`results_built_before`).
     """
-    for outputs in build_reports(sources, findings, report_process):
+    for outputs in build_reports(sources, findings, report_process, job.results_built_before()):
         _queue_outputs(job, sender, outputs)
 
 
-def build_reports(sources: Sequence[Dataset], findings: StudyFindings,
-                  report_process: ReportProcess | None = None) -> Iterator[Sequence[Dataset | bytes]]:
+def build_reports(sources: Sequence[Dataset], findings: StudyFindings, report_process: ReportProcess | None = None,
+                  previous: Sequence[Dataset] = ()) -> Iterator[Sequence[Dataset | bytes]]:
     """The study's DICOM objects (report stage): all at once, or with a `report_process`, first what the viewer
     shows (built here while the helper builds the complete SRs), then the complete SRs as Part 10 bytes. A helper
     that fails, or does not answer within REPORT_PROCESS_TIMEOUT_SECONDS, is replaced and the complete SRs are
-    built here."""
+    built here. `previous`: the objects built for the study before, which the new SRs supersede."""
     # Imported when a job runs, not with this module: highdicom adds ~0.7 s to every `dicom-ai` command.
     from dicom_ai.report import KINDS, REPORT_KINDS, VIEWER_KINDS, build_outputs
 
@@ -182,11 +202,12 @@ def build_reports(sources: Sequence[Dataset], findings: StudyFindings,
     reports = None
     if report_process is not None:
         try:
-            reports = report_process.submit(sources, findings, now)
+            reports = report_process.submit(sources, findings, now, previous)
         except Exception:
             log.exception("cannot hand the complete reports of study %s to the report process; building them here",
                           findings.study_instance_uid)
-    yield build_outputs(list(sources), findings, now=now, kinds=KINDS if reports is None else VIEWER_KINDS)
+    yield build_outputs(list(sources), findings, now=now, kinds=KINDS if reports is None else VIEWER_KINDS,
+                        previous=previous)
     if reports is None or report_process is None:
         return
     try:
@@ -197,19 +218,21 @@ def build_reports(sources: Sequence[Dataset], findings: StudyFindings,
                     f"did not answer within {REPORT_PROCESS_TIMEOUT_SECONDS:g} s (killed)",
                     findings.study_instance_uid)
         report_process.restart()
-        yield build_outputs(list(sources), findings, now=now, kinds=REPORT_KINDS)
+        yield build_outputs(list(sources), findings, now=now, kinds=REPORT_KINDS, previous=previous)
 
 
 def _queue_outputs(job: StudyJob, sender: ResultSender, outputs: Sequence[Dataset | bytes]) -> None:
     headers = [part10_summary(item) if isinstance(item, bytes) else item for item in outputs]
-    job.record("report.built", {"objects": [{"sop_instance_uid": str(ds.SOPInstanceUID),
-                                             "sop_class_uid": str(ds.SOPClassUID),
-                                             "series_description": str(ds.get("SeriesDescription", ""))}
-                                            for ds in headers]})
+    job.record(BUILT_EVENT, {"objects": [{"sop_instance_uid": str(ds.SOPInstanceUID),
+                                          "sop_class_uid": str(ds.SOPClassUID),
+                                          "series_instance_uid": str(ds.SeriesInstanceUID),
+                                          "series_description": str(ds.get("SeriesDescription", ""))}
+                                         for ds in headers]})
     if not outputs:
         return
     submitted = sender.submit(outputs, study_uid=job.study_uid, calling_ae=job.calling_ae, job_id=job.job_id,
-                              fence=job.fence)
+                              fence=job.fence)  # LeaseLost when this worker no longer holds the job: nothing kept
+    save_previews(sender.settings.storage.data_dir, job.study_uid, outputs)  # the dashboard's key-image thumbnails
     job.record("send.submitted", submitted.summary)
 
 
@@ -289,6 +312,7 @@ class AnalyseStudy:
         analysis = self._take_analysis_ahead(job)
         job.record("pipeline.started", {"instances": len(job.instances), "analysed_ahead": analysis is not None,
                                         "reports_built_ahead": analysis is not None and analysis.reports is not None})
+        started = time.perf_counter()
         if analysis is None:
             try:
                 analysis = self._analyse(job.instances, keep_going=lambda: not job.stop_requested)
@@ -301,16 +325,20 @@ class AnalyseStudy:
             raise PermanentJobError(f"none of the study's {len(job.instances)} instance(s) could be read from the "
                                     f"spool (first: {analysis.unreadable[0]['error']})")
         findings = analysis.findings
+        metrics.job_stage("pipeline", time.perf_counter() - started)
+        metrics.findings_produced(findings)
         for series in findings.series:
             job.record("pipeline.series", _series_summary(series))
         job.record("pipeline.findings", findings.to_dict())
         if job.stop_requested:
             raise RuntimeError("node stopping before the report was built")
+        started = time.perf_counter()
         if analysis.reports is None:
             report_and_send(job, analysis.sources, findings, self.sender, self._running_report_process())
-            return
-        for outputs in analysis.reports:
-            _queue_outputs(job, self.sender, outputs)
+        else:
+            for outputs in analysis.reports:
+                _queue_outputs(job, self.sender, outputs)
+        metrics.job_stage("report", time.perf_counter() - started)
 
     def _running_report_process(self) -> ReportProcess | None:
         return self.report_process if self.report_process is not None and self.report_process.running else None
@@ -353,7 +381,8 @@ class AnalyseStudy:
         try:
             analysis = self._analyse(study.instances, control.keep_going)
             if control.keep_going() and not control.study_due():
-                reports = tuple(build_reports(analysis.sources, analysis.findings, self._running_report_process()))
+                reports = tuple(build_reports(analysis.sources, analysis.findings, self._running_report_process(),
+                                              previous_results(self.database, study.study_uid)))
                 analysis = dataclasses.replace(analysis, reports=reports)
             log.info("study %s analysed ahead (%d instances%s)", study.study_uid, len(study.instances),
                      ", reports built" if analysis.reports is not None else "")

@@ -26,6 +26,7 @@ import os
 import threading
 from datetime import timedelta
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from dicom_ai.config import ConfigError, Settings
 from dicom_ai.job import StudyHandler, build_study_handler, models_status
@@ -41,6 +42,9 @@ from dicom_ai.store.retention import PurgeSchedule, finish_interrupted_purges
 from dicom_ai.store.spool import Spool
 from dicom_ai.store.stability import StabilityMonitor
 from dicom_ai.worker import Worker, is_dead_local_worker
+
+if TYPE_CHECKING:
+    from dicom_ai.web import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +96,7 @@ class Node:
         self._heartbeat: NodeRunHeartbeat | None = None
         self._locks: list[HeldLock] = []
         self._stopped = threading.Event()
+        self.http: HttpServer | None = None
 
     def start(self) -> None:
         settings, roles = self.settings, self.roles
@@ -126,8 +131,11 @@ class Node:
             assert self.sender is not None
             # Only the one sender of a SQLite data directory may take rows left `sending` for its own.
             self.sender.start(release_interrupted=embedded)
+        handler = None
         if Role.WORKER in roles:
-            self._start_worker(database, queue, embedded)
+            handler = self._start_worker(database, queue, embedded)
+        if settings.http.enabled:
+            self.http = start_http(self, handler)
         log.info("%s running roles %s (pid %d)", settings.node.ae_title, roles_text(roles), os.getpid())
 
     def _lock_roles(self) -> None:
@@ -153,6 +161,10 @@ class Node:
         return bind, port
 
     def _start_monitor(self, database: Database, queue: JobQueue, spool: Spool) -> None:
+        restarted = queue.restart_quiet_periods()
+        if restarted:
+            log.info("%d study(ies) were receiving when the monitor started; each is analysed once no instance has "
+                     "arrived for %g s from now", len(restarted), self.settings.queue.stable_after_seconds)
         # Each round also records what a listener that died (on any host) answered for but had not committed.
         self.monitor = StabilityMonitor(queue, on_tick=lambda: replay_orphan_journals(database, spool.root),
                                         on_queued=lambda _jobs: self.worker.wake() if self.worker else None)
@@ -163,7 +175,7 @@ class Node:
                                         retention.purge_interval_seconds)
             self.purges.start()
 
-    def _start_worker(self, database: Database, queue: JobQueue, embedded: bool) -> None:
+    def _start_worker(self, database: Database, queue: JobQueue, embedded: bool) -> StudyHandler:
         settings = self.settings
         handler = self._handler or build_study_handler(settings, database, self.sender)
         if embedded:
@@ -177,11 +189,14 @@ class Node:
         self.worker.start()
         log.info("%d worker thread(s); studies are queued after %g s without a new instance; models: %s",
                  settings.queue.workers, settings.queue.stable_after_seconds, models.get("detail", models))
+        return handler
 
     def stop(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.http is not None:
+            self.http.stop()
         if self.listener is not None:
             log.info("stopping: closing the listener")
             self.listener.stop()
@@ -203,3 +218,24 @@ class Node:
         for lock in self._locks:
             lock.release()
         log.info("stopped")
+
+
+
+def start_http(node: Node, handler: StudyHandler | None) -> HttpServer:
+    """The dashboard, API, /metrics and health endpoints (http.enabled), over this process's own database and, when
+    it runs them, its listener, worker and models (readiness counts only the roles it runs)."""
+    from dicom_ai.observe.health import Readiness
+    from dicom_ai.web import HttpServer, WebContext
+
+    assert node.database is not None
+    settings, listener, worker, sender = node.settings, node.listener, node.worker, node.sender
+    readiness = Readiness(node.database, settings.storage.data_dir, int(settings.http.ready_min_free_mb * 2**20),
+                          listening=lambda: listener is None or listener.address is not None,
+                          warmed=worker.warmed.is_set if worker is not None else lambda: True)
+    context = WebContext(settings, node.database, readiness,
+                         registry=lambda: getattr(handler, "registry", None),
+                         wake_worker=worker.wake if worker is not None else lambda: None,
+                         wake_sender=sender.dispatcher.wake if sender is not None else lambda: None)
+    server = HttpServer(context)
+    server.start()
+    return server

@@ -4,6 +4,9 @@ The handler (dicom_ai.job) is the glue pipeline -> report -> send; this module i
 lease, heartbeat while the handler runs, `complete` when it returns, `fail` when it raises (the error text goes to
 the audit trail), `release` on a graceful stop. A job is never marked done unless the handler returned. With no job
 to run, the first thread lets the handler analyse a quiet receiving study ahead (`queue.analyse_ahead_after_seconds`).
+When the outcome cannot be written (the disk holding the database is full), the worker keeps the job and its
+heartbeats and writes the outcome as soon as it can, instead of leaving the job `running` until its lease expires;
+such conditions are logged once per change (dicom_ai.store.health), not once per round.
 """
 
 from __future__ import annotations
@@ -16,15 +19,19 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from dicom_ai.job import AheadControl, PermanentJobError, StudyHandler, StudyJob
 from dicom_ai.store.node_runs import process_exists
+from dicom_ai.store.health import FailureLog, is_out_of_space, is_transient, summary
+from dicom_ai.observe import metrics
 from dicom_ai.store.queue import JobQueue, LeaseLost
 from dicom_ai.store.records import ReceivingStudy
 from dicom_ai.store.stability import WAKE_MARGIN_SECONDS
 
 log = logging.getLogger(__name__)
 
+_T = TypeVar("_T")
 
 
 def default_worker_name() -> str:
@@ -69,6 +76,7 @@ class Worker:
         self._held: dict[int, _Held] = {}
         self._held_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self.warmed = threading.Event()  # the handler's warm-up ended (or there is none): /readyz's "models" check
 
     # -- life cycle ----------------------------------------------------------------------------------------
 
@@ -84,6 +92,8 @@ class Worker:
                                       name=f"worker-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        if not self.threads:
+            self.warmed.set()
         if self.threads:
             self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop, name="worker-heartbeat",
                                                       daemon=True)
@@ -132,19 +142,24 @@ class Worker:
                 prepare()
             except Exception:  # a model that cannot load fails its studies visibly; warming up never stops the node
                 log.exception("worker %s: warm-up failed; jobs load what they need", worker_id)
+        if first:
+            self.warmed.set()
         # Only the first thread analyses ahead: it is the one whose torch threads the warm-up prepared.
         analyse_ahead = getattr(self.handler, "analyse_ahead", None) if first else None
+        failures = FailureLog(log, f"worker {worker_id}")
         while not self._stopping.is_set():
             self._wake.clear()  # before claiming: a job queued after this point sets it again
             idle = self.queue.settings.poll_seconds
             try:
                 worked = self.run_once(worker_id) or (callable(analyse_ahead) and
                                                       self.analyse_ahead_once(analyse_ahead))
-                if not worked and callable(analyse_ahead):
+                if not worked and callable(analyse_ahead) and not self.queue.processing_paused():
                     idle = self._until_next_analysis_ahead(idle)
-            except Exception:  # a database hiccup must not kill the worker thread
-                log.exception("worker %s: error while taking a job; retrying", worker_id)
+            except Exception as exc:  # a database hiccup or a full disk must not kill the worker thread
+                failures.failed(exc)
                 worked = False
+            else:
+                failures.succeeded()
             if not worked:
                 self._wake.wait(idle)
 
@@ -204,12 +219,15 @@ class Worker:
         return True
 
     def _run_handler(self, job: StudyJob, worker_id: str) -> None:
+        started = time.perf_counter()
         try:
             self.handler(job)
         except LeaseLost as lost:  # fenced: the handler tried to queue results for a job it no longer holds
             self._discard(job, worker_id, lost)
             return
         except Exception as exc:
+            metrics.job_stage("total", time.perf_counter() - started)
+            metrics.JOBS_FINISHED.labels(outcome="stopped" if self._stopping.is_set() else "failed").inc()
             if self._stopping.is_set():
                 # Interrupted by the node stopping (the handler saw `stop_requested`): not the study's fault.
                 try:
@@ -218,17 +236,20 @@ class Worker:
                 except LeaseLost:
                     pass
                 return
-            error = f"{type(exc).__name__}: {exc}"
+            error = summary(exc) if is_out_of_space(exc) else f"{type(exc).__name__}: {exc}"
             trace = "".join(traceback.format_exception(exc)[-6:])
+            permanent = isinstance(exc, PermanentJobError)
             try:
-                state = self.queue.fail(job.job_id, worker_id, f"{error}\n{trace}",
-                                        permanent=isinstance(exc, PermanentJobError))
+                state = self._write_outcome(job, lambda: self.queue.fail(
+                    job.job_id, worker_id, f"{error}\n{trace}", permanent=permanent))
                 log.error("job %d: attempt %d failed (%s); job is now %s", job.job_id, job.attempt, error, state)
             except LeaseLost as lost:
                 log.error("job %d failed after its lease was lost: %s", job.job_id, lost)
             return
+        metrics.job_stage("total", time.perf_counter() - started)
+        metrics.JOBS_FINISHED.labels(outcome="done").inc()
         try:
-            self.queue.complete(job.job_id, worker_id, job.attempt)
+            self._write_outcome(job, lambda: self.queue.complete(job.job_id, worker_id, job.attempt))
             log.info("job %d: done (study %s)", job.job_id, job.study_uid)
         except LeaseLost as lost:
             self._discard(job, worker_id, lost)
@@ -240,8 +261,30 @@ class Worker:
                   job.attempt, lost)
         job.record("job.result_discarded", {"worker": worker_id, "attempt": job.attempt, "reason": str(lost)})
 
+    def _write_outcome(self, job: StudyJob, write: Callable[[], _T]) -> _T:
+        """`write` a job's outcome (queue.fail / queue.complete), trying again every `queue.poll_seconds` while the
+        database cannot be written for now (a full disk, a lock: `is_transient`): the job stays held, so it is
+        neither left `running` until its lease expires nor run again meanwhile. Raises LeaseLost, any other error,
+        or the last one when the node stops first (the lease then expires and the attempt counts as failed)."""
+        failures = FailureLog(log, f"job {job.job_id}: writing its outcome")
+        while True:
+            try:
+                outcome = write()
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                failures.failed(exc)
+                if self._stopping.wait(self.queue.settings.poll_seconds):
+                    raise
+                continue
+            failures.succeeded()
+            return outcome
+
     def _heartbeat_loop(self) -> None:
         interval = self.queue.settings.heartbeat_seconds
+        failures = FailureLog(log, "worker heartbeat")
         while not self._stopped.wait(interval):
             with self._held_lock:
                 held = list(self._held.items())
@@ -250,5 +293,7 @@ class Worker:
                     if not self.queue.heartbeat(job_id, entry.worker_id):
                         log.error("job %d: lease lost (reclaimed by the queue); asking its handler to stop", job_id)
                         entry.job._stop.set()
-                except Exception:
-                    log.exception("job %d: heartbeat failed; will try again", job_id)
+                except Exception as exc:
+                    failures.failed(exc)
+                else:
+                    failures.succeeded()

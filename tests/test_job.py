@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pydicom.dataset import Dataset
 
 from dicom_ai.config import ConfigError, load_settings
 from dicom_ai.job import AheadControl, AnalyseStudy, StudyJob, build_study_handler, load_handler, models_status
@@ -102,6 +103,20 @@ def test_handler_hook_loads_a_dotted_path_and_names_the_key_on_error() -> None:
         load_handler("no_such_module_xyz:handler")
 
 
+def record_files(database: Database, files: list[Path], calling_ae: str = "MRI") -> None:
+    """Record DICOM files as received instances whose spool files they are (as the listener would)."""
+    import pydicom
+
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        database.record_instance(None, ReceivedInstance(
+            study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID, sop_instance_uid=ds.SOPInstanceUID,
+            sop_class_uid=ds.SOPClassUID, transfer_syntax=ds.file_meta.TransferSyntaxUID, modality=ds.Modality,
+            patient_id=ds.PatientID, patient_name=str(ds.PatientName), study_date="", series_number=1,
+            instance_number=int(ds.get("InstanceNumber") or 1), series_description="",
+            size_bytes=path.stat().st_size, spool_path=str(path), calling_ae=calling_ae))
+
+
 def without_clocks(value: object) -> object:
     """Findings as JSON without what differs between two runs on the same input (timestamps, timings)."""
     if isinstance(value, dict):
@@ -118,14 +133,7 @@ def test_the_pipeline_handler_uses_its_analysis_ahead_only_while_the_instances_a
     from tests.e2e.studies import brain_mr_study
 
     study = brain_mr_study(tmp_path / "mr", 20, 3)
-    for path in study.files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        database.record_instance(None, ReceivedInstance(
-            study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID, sop_instance_uid=ds.SOPInstanceUID,
-            sop_class_uid=ds.SOPClassUID, transfer_syntax=ds.file_meta.TransferSyntaxUID, modality=ds.Modality,
-            patient_id=ds.PatientID, patient_name=str(ds.PatientName), study_date="", series_number=1,
-            instance_number=int(ds.InstanceNumber), series_description="", size_bytes=path.stat().st_size,
-            spool_path=str(path), calling_ae="MRI"))
+    record_files(database, study.files)
     settings = load_settings(None, {("storage", "data_dir"): str(tmp_path / "data"),
                                     ("pipeline", "report_process"): False}, environ={})
     handler = build_study_handler(settings, database)
@@ -166,3 +174,79 @@ def test_the_pipeline_handler_uses_its_analysis_ahead_only_while_the_instances_a
     assert len(reports) == 6 and reports[0] and all(r == reports[0] for r in reports)  # ahead = by the job
     series_found = findings[0]["series"]  # type: ignore[index]
     assert any(series["detections"] or series["segmentations"] for series in series_found)
+
+
+def _analyse_to_outbox(database: Database, tmp_path: Path, files: list[Path]) -> tuple[str, list[Dataset]]:
+    """Record `files` as one study, run its job with the real pipeline handler; (job state, objects queued)."""
+    import pydicom
+
+    record_files(database, files)
+    settings = load_settings(None, {("storage", "data_dir"): str(tmp_path / "data"),
+                                    ("pipeline", "report_process"): False,
+                                    ("nodes", "PACS"): {"ae_title": "PACS", "host": "127.0.0.1", "port": 104},
+                                    ("send", "to_sender"): False, ("send", "extra_destinations"): ["PACS"]},
+                             environ={})
+    queue = JobQueue(database, settings.queue)
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    job_id = queue.complete_study(study_uid).job_id
+    assert job_id is not None
+    assert Worker(queue, build_study_handler(settings, database), threads=0).run_once()
+    state, _, error = job_state(database, job_id)
+    assert state == JobState.DONE, error
+    return state, [pydicom.dcmread(path) for path in sorted((settings.storage.data_dir / "outbox").glob("*.dcm"))]
+
+
+def _not_analysed(sr: Dataset) -> list[str]:
+    """The TEXT values of the SR's "Instance not analysed" items (anywhere in its content tree)."""
+    found = []
+    for item in sr.ContentSequence:
+        if item.get("ConceptNameCodeSequence") and item.ConceptNameCodeSequence[0].CodeValue == "NOTANAL":
+            found.append(str(item.TextValue))
+        if "ContentSequence" in item:
+            found += _not_analysed(item)
+    return found
+
+
+SHARED_DICOM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"
+SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def test_a_study_whose_only_image_cannot_be_decoded_is_done_with_a_report_saying_why(
+        database: Database, tmp_path: Path) -> None:
+    """12-bit JPEG Extended (WG04): no installed decoder reads it. Nothing to show, so no key image; the SR lists
+    the instance and why, and the job is done instead of failing its attempts on re-decoding the pixels."""
+    source = tmp_path / "spool" / "MR4_JPLY.dcm"
+    source.parent.mkdir()
+    shutil.copy(SHARED_DICOM / "wg04" / "JPLY" / "MR4_JPLY.dcm", source)
+    _, outputs = _analyse_to_outbox(database, tmp_path, [source])
+    assert [ds.SOPClassUID for ds in outputs] == [SR_STORAGE]
+    [why] = _not_analysed(outputs[0])
+    uid = outputs[0].CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0] \
+        .ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+    assert why.startswith(f"{uid}: pixels: cannot decode pixel data in JPEG Extended")
+    [series] = events(database, "pipeline.series")
+    assert [e["sop_instance_uid"] for e in series["errors"]] == [uid]  # type: ignore[index]
+
+
+def test_a_mixed_study_gets_results_for_the_images_that_decode(database: Database, tmp_path: Path) -> None:
+    """Three CT slices, the middle one truncated (a sender answered 0x0000 for it): the key image shows a slice
+    that decodes, and the SR names the truncated one."""
+    import pydicom
+
+    folder = SHARED_DICOM / "tcia_ct_study" / "Lung_Dx-A0001" / "2.000000-5mm-40805"
+    files = []
+    for name in ("1-10.dcm", "1-11.dcm", "1-12.dcm"):
+        files.append(tmp_path / name)
+        shutil.copy(folder / name, files[-1])
+    truncated = files[1].read_bytes()
+    files[1].write_bytes(truncated[:len(truncated) - 5000])
+    bad_uid = str(pydicom.dcmread(files[1], stop_before_pixels=True).SOPInstanceUID)
+    _, outputs = _analyse_to_outbox(database, tmp_path, files)
+    [sr] = [ds for ds in outputs if ds.SOPClassUID == SR_STORAGE and "complete" in ds.SeriesDescription]
+    [why] = _not_analysed(sr)
+    assert why.startswith(f"{bad_uid}: pixels:") and "less than expected" in why
+    [key] = [ds for ds in outputs if ds.SOPClassUID == SECONDARY_CAPTURE]
+    assert key.SourceImageSequence[0].ReferencedSOPInstanceUID != bad_uid
+    [series] = events(database, "pipeline.series")
+    assert series["route"][0]["label"] == "CT"  # type: ignore[index]

@@ -3,6 +3,8 @@ thread, and when it hands a quiet receiving study to the handler's analysis ahea
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import socket
 import subprocess
@@ -11,17 +13,24 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
+from dicom_ai.config import KnownNode, SendSettings
 from dicom_ai.job import AheadControl, StudyJob
+from dicom_ai.send.destinations import DeliveryPlan, Destination
+from dicom_ai.send.outbox import Outbox
 from dicom_ai.store.database import Database
-from dicom_ai.store.models import Study
+from dicom_ai.store.models import Job, Study
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.records import JobState, ReceivingStudy
 from dicom_ai.worker import Worker, is_dead_local_worker
 from tests.support.queueing import (OTHER_STUDY, STUDY, database, events, fast_queue, job_state, queued_study,
                                     record_study)
+from tests.send.objects import result_dataset
+from tests.support.tmpfs import fill, mounted_tmpfs
 
 __all__ = ["database"]  # the fixture
 
@@ -299,3 +308,71 @@ def test_an_idle_worker_analyses_ahead_when_the_quiet_time_ends_not_at_its_next_
         received = time.monotonic()
         wait_for(lambda: len(handler.ahead) == 1, timeout=5)
         assert 0.25 < time.monotonic() - received < 1.5
+
+
+@pytest.mark.integration
+def test_a_job_that_cannot_write_its_outputs_fails_its_attempt_at_once_and_backs_off(
+        database: Database, tmp_path: Path) -> None:
+    """The data directory (outbox) is full, the database is elsewhere: each attempt ends at once with the reason,
+    and the next one waits retry_delay_seconds, then twice that: attempts are not used up within a minute."""
+    queue = fast_queue(database, retry_delay_seconds=30, retry_delay_max_seconds=600)
+    job_id = queued_study(database, queue)
+    with mounted_tmpfs(tmp_path / "data", "1m") as data_dir:
+        fill(data_dir)
+        outbox = Outbox(database, data_dir / "outbox", SendSettings())
+        destination = Destination("PACS", KnownNode(ae_title="PACS", host="127.0.0.1", port=104))
+
+        def queue_results(job: StudyJob) -> None:
+            outbox.enqueue([result_dataset(f"{STUDY}.99.1", STUDY)], DeliveryPlan((destination,)), study_uid=STUDY,
+                           job_id=job.job_id)
+
+        worker = Worker(queue, queue_results, threads=0)
+        waits = []
+        for attempt in (1, 2):
+            started = time.monotonic()
+            assert worker.run_once()
+            assert time.monotonic() - started < 5  # promptly, not when a lease expires
+            state, attempts, error = job_state(database, job_id)
+            assert (state, attempts) == (JobState.QUEUED, attempt)
+            assert error.startswith("disk full (OutboxWriteError: cannot write") and "No space left" in error
+            with database.session() as session:
+                job = session.get_one(Job, job_id)
+                assert job.not_before is not None
+                waits.append(round((job.not_before - job.updated_at).total_seconds()))
+                job.not_before = None  # due now: the test does not wait
+    assert waits == [30, 60]
+
+
+@pytest.mark.integration
+def test_a_failed_attempt_that_cannot_be_recorded_is_recorded_once_there_is_space(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The database is on the full disk too: the worker keeps the job (no `running` job waiting for its lease to
+    expire), logs that once, and records the failed attempt as soon as space is back."""
+    with mounted_tmpfs(tmp_path / "data", "4m") as data_dir:
+        database = Database(f"sqlite:///{data_dir / 'dicom-ai.sqlite'}")
+        try:
+            queue = fast_queue(database, lease_seconds=60)
+            job_id = queued_study(database, queue)
+            fillers: list[Path] = []
+
+            def runs_out_of_space(job: StudyJob) -> None:
+                fillers.append(fill(data_dir))
+                raise OSError(errno.ENOSPC, "No space left on device", str(data_dir / "outbox" / "result.dcm"))
+
+            worker = Worker(queue, runs_out_of_space, threads=0)
+            with caplog.at_level(logging.DEBUG, logger="dicom_ai.worker"):
+                runner = threading.Thread(target=worker.run_once)
+                runner.start()
+                wait_for(lambda: bool(fillers))
+                time.sleep(0.5)  # ~25 tries to write the outcome
+                assert job_state(database, job_id)[0] == JobState.RUNNING and runner.is_alive()
+                fillers[0].unlink()
+                runner.join(10)
+            assert not runner.is_alive()
+            state, attempts, error = job_state(database, job_id)
+            assert (state, attempts) == (JobState.QUEUED, 1) and error.startswith("disk full (OSError")
+            outcome = [r.levelname for r in caplog.records if "writing its outcome" in r.getMessage()]
+            assert outcome.count("DEBUG") > 5  # kept trying, quietly
+            assert [level for level in outcome if level != "DEBUG"] == ["ERROR", "WARNING"]  # full; works again
+        finally:
+            database.close()

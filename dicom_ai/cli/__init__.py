@@ -12,6 +12,7 @@ from dicom_ai.cli import train_model_cmd  # noqa: F401  (train classify, segment
 from dicom_ai.cli import evaluate_cmd  # noqa: F401  (evaluate)
 from dicom_ai.cli import dimse_cmd  # noqa: F401  (echo, send)
 from dicom_ai.cli import analyze_cmd  # noqa: F401  (analyze)
+from dicom_ai.cli import control_cmd  # noqa: F401  (pause, resume, http hash-password)
 from dicom_ai.cli.app import app
 
 

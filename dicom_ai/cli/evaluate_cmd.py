@@ -49,7 +49,8 @@ def evaluate(
         dataset = dataset or name
     location = data_or_folder(dataset, data, folder)
     with exit_2_on(ModelUnavailable, DatasetError, DeviceUnavailable):
-        registry = ModelRegistry(models_dir, device=device)
+        # a model below its quality gate is scored too: evaluating it is how its metric is known
+        registry = ModelRegistry(models_dir, device=device, enabled_below_minimum=[name])
         spec = registry.spec(name)
         source = training_set(spec.task, location, dataset)
         evaluation = evaluate_model(registry, name, source, seed=seed, cap=max_items, limit=limit,

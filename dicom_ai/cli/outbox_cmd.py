@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import Annotated, Optional
 
 import typer
@@ -12,7 +11,7 @@ from dicom_ai.cli.outbox_view import error_line
 from dicom_ai.cli.render import literal, print_out, table, uid_column
 from dicom_ai.cli.status_cmd import VerboseOption
 from dicom_ai.cli.status_cmd import _open as open_existing_database
-from dicom_ai.send.outbox import Outbox
+from dicom_ai.operations import outbox_rows, outbox_rows_json
 from dicom_ai.store.outbox_model import OutboxState
 
 
@@ -25,13 +24,11 @@ def outbox(config: ConfigOption = None, data_dir: DataDirOption = None, as_json:
     """Deliveries of results to other nodes: one row per object and destination."""
     settings, database = open_existing_database(config, data_dir)
     try:
-        rows = Outbox.for_node(settings, database).entries(study_uid=study, states=[state] if state else [],
-                                                           limit=limit, newest_first=True)
+        rows = outbox_rows(settings, database, state=state, study_uid=study, limit=limit)
     finally:
         database.close()
     if as_json:
-        typer.echo(json.dumps([{**asdict(row), "file_path": str(row.file_path),
-                                "next_attempt_at": row.next_attempt_at.isoformat()} for row in rows], indent=2))
+        typer.echo(json.dumps(outbox_rows_json(rows), indent=2))
         return
     deliveries = table("id", uid_column("study"), uid_column("object"), "destination", "state", "attempts",
                        "next attempt", "error", title=f"Outbox ({len(rows)} row(s), newest first)")

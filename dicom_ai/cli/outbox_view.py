@@ -1,26 +1,15 @@
-"""The outbox part of `dicom-ai status` and `dicom-ai retry --outbox` (hooks the store's commands call)."""
+"""The outbox part of `dicom-ai status` (the data: dicom_ai.operations)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from rich.markup import escape
 
 from dicom_ai.cli.render import literal, print_out, table, uid_column
-from dicom_ai.config import Settings
-from dicom_ai.send.outbox import Outbox, OutboxOverview
-from dicom_ai.store.database import Database
+from dicom_ai.send.outbox import OutboxOverview
 from dicom_ai.store.outbox_model import OutboxState
 
 RETRY_HINT = "dicom-ai retry --outbox [--study UID]"
 ERROR_CHARS_SHOWN = 90
-
-
-def outbox_overview(settings: Settings, database: Database) -> OutboxOverview:
-    """The `outbox` section of `dicom-ai status`."""
-    return Outbox.for_node(settings, database).overview()
-
-
-def outbox_overview_json(overview: OutboxOverview) -> dict[str, object]:
-    return asdict(overview)
 
 
 def error_line(error: str, verbose: bool) -> str:
@@ -32,7 +21,8 @@ def error_line(error: str, verbose: bool) -> str:
 
 
 def print_outbox_overview(overview: OutboxOverview, verbose: bool = False) -> None:
-    """The outbox lines of `dicom-ai status`: counts per state, then the newest dead letters."""
+    """The outbox lines of `dicom-ai status`: counts per state, the newest dead letters, then the newest studies
+    whose sender is not in [nodes]."""
     counts = overview.by_state
     dead = counts.get(OutboxState.DEAD, 0)
     lines = ["Outbox: " + ", ".join(f"{state} {count}" for state, count in counts.items())
@@ -44,9 +34,14 @@ def print_outbox_overview(overview: OutboxOverview, verbose: bool = False) -> No
             letters.add_row(str(letter.id), letter.study_uid, letter.sop_instance_uid, literal(letter.destination),
                             str(letter.attempts), literal(error_line(letter.last_error, verbose)))
         lines.append(letters)
+    if overview.unroutable:
+        lines.append(escape("Results not sent back: the sender is not in [nodes] (to route a modality's results to "
+                            "the PACS: send.to_sender = false, send.extra_destinations = [\"PACS\"])"))
+        unroutable = table(uid_column("study"), "sender (calling AE)", "recorded (UTC)",
+                           title="Unroutable studies (newest)")
+        for study in overview.unroutable:
+            unroutable.add_row(study.study_uid, literal(study.calling_ae or "(none recorded)"),
+                               study.recorded_at[:19])
+        lines.append(unroutable)
     print_out(*lines)
 
-
-def retry_dead_letters(settings: Settings, database: Database, study_uid: str | None) -> int:
-    """`dicom-ai retry --outbox`: re-arm dead letters (all, or one study's); a running node sends them."""
-    return Outbox.for_node(settings, database).retry_dead(study_uid=study_uid)

@@ -15,6 +15,7 @@ from dicom_ai.cli.app import ConfigOption, DataDirOption, app, settings_or_exit
 from dicom_ai.config import ConfigError
 from dicom_ai.logs import configure_logging
 from dicom_ai.node import Node, parse_roles
+from dicom_ai.observe.systemd import notify
 
 log = logging.getLogger("dicom_ai.serve")
 
@@ -75,8 +76,10 @@ def serve(
     except BaseException:
         node.stop()
         raise
+    notify("READY=1")  # the listener (and the HTTP side) accept connections now
     try:
         while not stop_requested.wait(1.0):
             pass
     finally:
+        notify("STOPPING=1")
         node.stop()

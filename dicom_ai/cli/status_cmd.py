@@ -5,6 +5,7 @@ They work against a running node (or none): everything goes through the audit da
 
 from __future__ import annotations
 
+import getpass
 import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -14,10 +15,10 @@ from rich.table import Table
 from sqlalchemy.engine import make_url
 
 from dicom_ai.cli.app import ConfigOption, DataDirOption, JsonOption, app, settings_or_exit
-from dicom_ai.cli.outbox_view import outbox_overview, outbox_overview_json, print_outbox_overview, retry_dead_letters
+from dicom_ai.cli.outbox_view import print_outbox_overview
 from dicom_ai.cli.render import escape, literal, print_out, table, uid_column
 from dicom_ai.config import Settings
-from dicom_ai.job import models_status
+from dicom_ai.operations import complete_study, node_status_view, retry_dead_letters, retry_jobs
 from dicom_ai.store.database import Database, DatabaseError, open_database
 from dicom_ai.store.overview import (
     EventRecord,
@@ -26,20 +27,15 @@ from dicom_ai.store.overview import (
     NodeStatus,
     StudyTrail,
     UnknownStudy,
-    node_status,
     recent_events,
     study_trail,
     to_jsonable,
 )
-from dicom_ai.store.node_runs import dead_after
-from dicom_ai.store.queue import JobQueue, QueueRequestRefused
+from dicom_ai.store.queue import QueueRequestRefused
 
 study_app = typer.Typer(help="Act on one study.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
 
-STATUS_JSON_KEYS = ("configured_listener", "listener", "schema_version", "queue_depth", "jobs_by_state",
-                    "studies_by_state", "running_jobs", "failed_jobs", "recent_studies", "models", "outbox",
-                    "listeners", "processes")
 INSTANCE_ROWS_SHOWN = 20
 DETAIL_CHARS_SHOWN = 160  # an event's detail in the default (summary) output; --verbose shows all of it
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show everything (whole details and errors, "
@@ -66,6 +62,15 @@ def _open(config: Path | None, data_dir: Path | None) -> tuple[Settings, Databas
         raise _fail(f"storage.database_url: {exc}") from None
 
 
+def _size(size: int) -> str:
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
+def _cli_user() -> str:
+    """Who asked, for the audit trail: the operating-system user running the command."""
+    return f"cli:{getpass.getuser()}"
+
+
 def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
 
@@ -74,23 +79,24 @@ def _when(value: Any) -> str:
 def status(config: ConfigOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
            verbose: VerboseOption = False,
            recent: Annotated[int, typer.Option(help="How many recent studies to list.")] = 10) -> None:
-    """Listeners, queue depth, jobs by state, recent studies and models (times in UTC)."""
+    """Listeners, queue depth, jobs by state, recent studies, models, outbox, pauses and free space (times in UTC)."""
     settings, database = _open(config, data_dir)
     try:
-        snapshot = node_status(database, recent=recent, stale_after=dead_after(settings.queue.heartbeat_seconds))
-        outbox = outbox_overview(settings, database)  # the send stage's deliveries (pending / dead letters)
+        view = node_status_view(settings, database, recent=recent)
     finally:
         database.close()
-    configured = {"ae_title": settings.node.ae_title, "bind": settings.node.bind, "port": settings.node.port,
-                  "tls": settings.tls.enabled}
-    models = models_status(settings)
     if as_json:
-        payload = {"configured_listener": configured, **to_jsonable(snapshot), "models": models,
-                   "outbox": outbox_overview_json(outbox)}
-        typer.echo(json.dumps({key: payload[key] for key in STATUS_JSON_KEYS}, indent=2))
+        typer.echo(json.dumps(view.to_json(), indent=2))
         return
-    _print_status(snapshot, configured, models, verbose)
-    print_outbox_overview(outbox, verbose)
+    _print_status(view.snapshot, view.configured_listener, view.models, verbose)
+    space = view.data_dir_space
+    print_out(f"Data directory: {escape(str(settings.storage.data_dir))} - " + (
+        f"{_size(space.free_bytes)} free of {_size(space.total_bytes)}" if space else "free space unknown"))
+    print_outbox_overview(view.outbox, verbose)
+    for control in view.controls.values():
+        if control.paused:
+            print_out(f"[yellow]{escape(control.name)} paused[/] since {_when(control.changed_at)} by "
+                      f"{escape(control.changed_by)}{': ' + escape(control.reason) if control.reason else ''}")
 
 
 def _state_text(process: ListenerStatus) -> str:
@@ -289,13 +295,14 @@ def retry(job_id: Annotated[Optional[int], typer.Argument(help="The failed job t
     settings, database = _open(config, data_dir)
     if outbox:  # the send stage's dead letters (see dicom_ai/cli/outbox_view.py)
         try:
-            count = retry_dead_letters(settings, database, study)
+            count = retry_dead_letters(settings, database, by=_cli_user(), study_uid=study)
         finally:
             database.close()
         typer.echo(f"re-armed {count} dead-lettered delivery(ies); a running node sends them now")
         return
     try:
-        requeued = JobQueue(database, settings.queue).retry(job_id=job_id, study_uid=study, all_failed=all_failed)
+        requeued = retry_jobs(settings, database, by=_cli_user(), job_id=job_id, study_uid=study,
+                              all_failed=all_failed)
     except QueueRequestRefused as exc:
         raise _fail(str(exc)) from None
     finally:
@@ -309,7 +316,7 @@ def complete(study_uid: Annotated[str, typer.Argument(help="Study Instance UID."
     """Declare a study complete now instead of waiting for queue.stable_after_seconds, and queue its job."""
     settings, database = _open(config, data_dir)
     try:
-        result = JobQueue(database, settings.queue).complete_study(study_uid)
+        result = complete_study(settings, database, study_uid, by=_cli_user())
     except QueueRequestRefused as exc:
         raise _fail(str(exc)) from None
     finally:

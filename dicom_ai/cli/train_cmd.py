@@ -73,6 +73,31 @@ def install_run(
                + (f"; below its minimum: {'; '.join(spec.below_minimum())}" if spec.below_minimum() else ""))
 
 
+@train_app.command("rescore")
+def rescore(
+    name: Annotated[str, typer.Argument(help="An installed model, e.g. xray_bodypart.")],
+    data: Annotated[Path, typer.Option("--data", help="shared/data (the model's named set and split).")],
+    why: Annotated[str, typer.Option("--why", help="A sentence for the card: what changed since it was scored.")],
+    models: Annotated[Path, typer.Option("--models", help="The models folder.")] = Path("models"),
+) -> None:
+    """Score an installed model again on the test split it was trained against, through today's input path, and
+    record the new metrics in the manifest and its card (weights unchanged)."""
+    import time
+
+    from dicom_ai.models.registry import ModelRegistry, ModelUnavailable
+    from dicom_ai.train.datasets import DatasetError
+    from dicom_ai.train.evaluate import evaluate_model
+    from dicom_ai.train.install import InstallError, record_rescore
+    from dicom_ai.train.sources import named_set
+
+    with exit_2_on(ModelUnavailable, DatasetError, InstallError):
+        registry = ModelRegistry(models, device="cpu", enabled_below_minimum=[name])
+        evaluation = evaluate_model(registry, name, named_set(name, data))
+        spec = record_rescore(models, name, evaluation.metrics, why, time.strftime("%Y-%m-%d"))
+    typer.echo(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in spec.metrics.items())
+               + (f"; below its minimum: {'; '.join(spec.below_minimum())}" if spec.below_minimum() else ""))
+
+
 @train_app.command("install")
 def install_results(
     results: Annotated[Path, typer.Argument(metavar="RESULTS_DIR",

@@ -25,6 +25,7 @@ Every refusal is audited with `Database.record_refused_instance`; nothing is wri
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -36,11 +37,13 @@ from pynetdicom.events import Event
 from sqlalchemy import bindparam, select
 
 from dicom_ai.config import StorageSettings
+from dicom_ai.observe import metrics
 from dicom_ai.receive.file_meta import received_file_meta
 from dicom_ai.receive.header import UnreadableDataset, read_header
 from dicom_ai.receive.server import AssociationSession
 from dicom_ai.receive.streaming import incoming_file
 from dicom_ai.store.database import Database
+from dicom_ai.store.health import is_transient, summary
 from dicom_ai.store.models import Instance, utcnow
 from dicom_ai.store.recorder import InstanceRecorder, JournalUnavailable
 from dicom_ai.store.records import ReceivedInstance
@@ -115,9 +118,11 @@ class InstanceReceiver:
         session: AssociationSession | None = getattr(event.assoc, "session", None)
         association_id = session.association_id if session else None
         command_uid = str(event.request.AffectedSOPInstanceUID or "")
+        started = time.perf_counter()
         try:
-            status = self._store(event, session)
+            status, modality = self._store(event, session)
         except Refused as refusal:
+            metrics.instance_rejected(refusal.status.name.lower(), time.perf_counter() - started)
             if session:
                 session.failed += 1
             audit_uid = command_uid if is_valid_uid(command_uid) else None
@@ -126,14 +131,18 @@ class InstanceReceiver:
             try:
                 self.database.record_refused_instance(association_id, audit_uid, int(refusal.status),
                                                       refusal.reason)
-            except Exception:
-                log.exception("cannot audit the refused instance %s", audit_uid)
+            except Exception as exc:  # a full disk: one line per refused instance, like the refusal itself
+                if not is_transient(exc):
+                    log.exception("cannot audit the refused instance %s", audit_uid)
+                else:
+                    log.error("cannot audit the refused instance %s: %s", audit_uid, summary(exc))
             return _response(refusal.status, refusal.reason)
+        metrics.instance_received(session.calling_ae if session else "", modality, time.perf_counter() - started)
         if session:
             session.stored += 1
         return _response(status)
 
-    def _store(self, event: Event, session: AssociationSession | None) -> StoreStatus:
+    def _store(self, event: Event, session: AssociationSession | None) -> tuple[StoreStatus, str]:
         incoming = incoming_file(event.request)
         try:
             return self._store_instance(event, session, incoming)
@@ -142,8 +151,8 @@ class InstanceReceiver:
                 incoming.discard()  # a no-op once committed; removes it after a refusal or a duplicate
 
     def _store_instance(self, event: Event, session: AssociationSession | None,
-                        incoming: IncomingFile | None) -> StoreStatus:
-        """`incoming`: the data set streamed into the spool (dicom_ai.receive.streaming); else it is in memory."""
+                        incoming: IncomingFile | None) -> tuple[StoreStatus, str]:
+        """The status and the instance's modality. `incoming`: the data set streamed into the spool (dicom_ai.receive.streaming); else it is in memory."""
         _, abstract_syntax, transfer_syntax = event.context
         dataset: bytes | IncomingFile
         if incoming is not None:
@@ -171,7 +180,7 @@ class InstanceReceiver:
                                        series_uid=identity.series_uid, sop_instance_uid=identity.sop_instance_uid,
                                        association_id=session.association_id if session else None,
                                        detail={"kept": str(previous), "policy": "keep-first"})
-            return StoreStatus.SUCCESS
+            return StoreStatus.SUCCESS, ""  # a duplicate is counted under modality "-"
         if previous is not None and self.duplicate_policy == "reject":
             raise Refused(StoreStatus.DUPLICATE_REJECTED,
                           "SOP Instance UID already received; storage.duplicate_policy = reject")
@@ -197,7 +206,7 @@ class InstanceReceiver:
             self._record_now(association_id, stored, received, previous)
         if previous is not None and previous != stored.path:
             self.spool.remove(previous)
-        return StoreStatus.SUCCESS
+        return StoreStatus.SUCCESS, received.modality
 
     def _record_behind(self, association_id: int | None, stored: StoredFile | PlacedFile,
                        received: ReceivedInstance) -> bool:

@@ -34,12 +34,14 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
+from dicom_ai.observe import metrics
 from dicom_ai.receive.access import AccessPolicy
 from dicom_ai.receive.contexts import contexts_for_request
 from dicom_ai.receive.reactors import BulkReadingSocket, WaitingDUL, run_acceptor_reactor
 from dicom_ai.receive.file_meta import received_file_meta
 from dicom_ai.receive.streaming import SpoolingDIMSE
 from dicom_ai.store.database import Database
+from dicom_ai.store.health import is_transient, summary
 from dicom_ai.store.recorder import InstanceRecorder
 from dicom_ai.store.records import AssociationOutcome
 from dicom_ai.store.spool import IncomingFile, Spool
@@ -117,13 +119,15 @@ class NodeACSE(ACSE):
             try:
                 association_id = assoc.gate.database.open_association(calling_ae, assoc.peer_host,
                                                                       assoc.peer_port, called_ae, assoc.tls)
-            except Exception:  # no audit row, no data: the peer sees an abort and retries later
-                log.exception("cannot record the association from %s@%s:%d; aborting it", calling_ae,
-                              assoc.peer_host, assoc.peer_port)
+            except Exception as exc:  # no audit row, no data: the peer sees an abort and retries later
+                # a full disk: one line per association, not a traceback
+                log.error("cannot record the association from %s@%s:%d (%s); aborting it", calling_ae,
+                          assoc.peer_host, assoc.peer_port, summary(exc), exc_info=not is_transient(exc))
                 assoc.abort()
                 return
             assoc.session = AssociationSession(association_id, calling_ae, assoc.peer_host, assoc.peer_port,
                                                assoc.tls)
+            metrics.ASSOCIATIONS_ACTIVE.inc()
         elif assoc.is_rejected:  # pynetdicom's own refusals, e.g. node.max_associations reached
             assoc.record_rejection(calling_ae, called_ae, "rejected by the DICOM upper layer (maximum number of "
                                                           "associations reached or an unsupported request)")
@@ -286,6 +290,7 @@ class NodeServer(ThreadedAssociationServer):
                 log.info("connection from %s:%d closed without an association (nothing or no valid "
                          "A-ASSOCIATE-RQ within node.acse_timeout)", association.peer_host, association.peer_port)
             return
+        metrics.ASSOCIATIONS_ACTIVE.dec()
         outcome = AssociationOutcome.RELEASED if association.is_released else AssociationOutcome.ABORTED
         self.gate.database.close_association(session.association_id, outcome, session.stored, session.failed)
         log.info("association %d with %s@%s:%d %s: %d stored, %d failed", session.association_id,

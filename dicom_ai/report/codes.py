@@ -125,6 +125,7 @@ PLANE_NAME = _sct("243898001", "Anatomical reference plane")
 DISAGREEMENT = Code("HDRPIX", LOCAL_SCHEME, "Header and pixel classifier disagree")
 ROUTE_UNDETERMINED = Code("UNDET", LOCAL_SCHEME, "Undetermined")
 ROUTING_GROUP = Code("ROUTE", LOCAL_SCHEME, "Routing decisions")
+NOT_ANALYSED = Code("NOTANAL", LOCAL_SCHEME, "Instance not analysed")  # e.g. pixel data that cannot be decoded
 ARTIFICIAL_INTELLIGENCE = _dcm("123110", "Artificial Intelligence")
 PROCESSING_EQUIPMENT = _dcm("109102", "Processing Equipment")
 

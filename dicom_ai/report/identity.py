@@ -1,8 +1,11 @@
 """Who made an object, and how to recognise it: deterministic UIDs under our UID root, the equipment we record
 (Manufacturer, ContributingEquipmentSequence, AlgorithmIdentificationSequence) and `is_own_output`, the loop guard.
 
-UIDs are pydicom `generate_uid(OUR_UID_ROOT, entropy_srcs=...)` of the source instances and model versions, so
-processing the same series with the same models again yields the same UIDs: the PACS replaces, never duplicates.
+UIDs are pydicom `generate_uid(OUR_UID_ROOT, entropy_srcs=...)`. A result's Series Instance UID depends only on the
+source series, the result kind and the models used, so every analysis of a study with the same models puts its
+results into the same series; its SOP Instance UID also depends on the source instances, so processing the same
+instances again yields the same objects (the PACS keeps one), and a study that has grown gets new objects in the
+same series, each new SR naming the one it supersedes (PredecessorDocumentsSequence, see `outputs`).
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ class KeyFrame:
     frame_number: int
 
 
-def choose_key_frame(sources: SeriesSources, plan: SegmentPlan) -> KeyFrame:
+def choose_key_frame(sources: SeriesSources, plan: SegmentPlan) -> KeyFrame | None:
+    """None when no image of the series could be decoded (the pipeline's per-instance errors say why)."""
     masks = [f for s in plan.segments.values() for f in s.frames if f.pixel_count]
     if masks:
         best = max(masks, key=lambda f: f.pixel_count)
@@ -43,7 +44,9 @@ def choose_key_frame(sources: SeriesSources, plan: SegmentPlan) -> KeyFrame:
     detections = sorted(sources.findings.detections, key=lambda d: -d.score)
     if detections:
         return KeyFrame(sources.by_uid(detections[0].sop_instance_uid), detections[0].frame_number)
-    return KeyFrame(sources.images[len(sources.images) // 2], 1)
+    failed = {error.sop_instance_uid for error in sources.findings.errors}
+    decoded = [image for image in sources.images if str(image.SOPInstanceUID) not in failed]
+    return KeyFrame(decoded[len(decoded) // 2], 1) if decoded else None
 
 
 def display_pixels(image: Dataset, frame_number: int) -> np.ndarray:
@@ -156,9 +159,11 @@ def _orientation(image: Dataset) -> tuple[str, str]:
 
 
 def build_key_image(sources: SeriesSources, plan: SegmentPlan, *, series_uid: str, sop_instance_uid: str,
-                    series_number: int, now: dt.datetime) -> hd.sc.SCImage:
-    """The Secondary Capture key image of one series."""
+                    series_number: int, now: dt.datetime) -> hd.sc.SCImage | None:
+    """The Secondary Capture key image of one series; None when none of its images could be decoded."""
     key = choose_key_frame(sources, plan)
+    if key is None:
+        return None
     pixels = render_overlay(sources, plan, key)
     models = [s.model for s in plan.segments.values()] + [d.model for d in sources.findings.detections]
     sc = hd.sc.SCImage.from_ref_dataset(

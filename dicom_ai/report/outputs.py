@@ -2,10 +2,15 @@
 
 - SEG (when a segmentation has segmented pixels),
 - the complete TID 1500 SR, and a boxes-only SR when there are detections (what OHIF 3.13 draws),
-- a Secondary Capture key image with the overlay burned in.
+- a Secondary Capture key image with the overlay burned in (none when no image of the series could be decoded;
+  the complete SR then says per instance why).
 
-All join the source study in new series (numbers 9000 + 10·series index + k) with deterministic UIDs from the
-source series, its instances and the model identities.
+All join the source study in new series (numbers 9000 + 10·series index + k) with deterministic UIDs
+(`dicom_ai.report.identity`): one series per source series, result kind and model set, whatever the instances.
+Re-analysis (the study grew, or was re-sent after a crash) adds its objects to those series, and each new SR lists
+the SR it supersedes, the latest one built before in its series, in PredecessorDocumentsSequence (`previous`). So a
+PACS holds one series per result kind, and in each SR series exactly one SR that no other SR names as its
+predecessor: the current report.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Collection, Sequence
 
 from pydicom.dataset import Dataset
 
-from dicom_ai.pipeline.findings import SeriesFindings, StudyFindings
+from dicom_ai.pipeline.findings import ModelRef, SeriesFindings, StudyFindings
 from dicom_ai.report.identity import derived_uid, model_identity
 from dicom_ai.report.key_image import build_key_image
 from dicom_ai.report.segmentation import build_segmentation, non_empty
@@ -28,22 +33,42 @@ VIEWER_KINDS = ("seg", "boxes", "key")  # what a viewer overlays or shows
 REPORT_KINDS = ("sr",)
 
 
-def _identity(findings: SeriesFindings) -> list[str]:
-    models = [d.model for d in findings.route if d.model is not None] + [d.model for d in findings.detections]
-    models += [s.model for s in findings.segmentations]
-    return [findings.series_instance_uid, *sorted(findings.source_instances), *model_identity(models)]
+def _models(findings: SeriesFindings) -> list[str]:
+    """Every model whose results are in the series' objects (part of their SOP Instance UIDs)."""
+    return model_identity([*_routing_models(findings), *(d.model for d in findings.detections)])
+
+
+def _routing_models(findings: SeriesFindings) -> list[ModelRef]:
+    """The model set a series' results belong to (part of their Series Instance UIDs): the classifiers that routed
+    it and the segmenters it got. A detector is named by its detections only, so it would make the series depend
+    on whether it found anything."""
+    return [*(d.model for d in findings.route if d.model is not None), *(s.model for s in findings.segmentations)]
+
+
+def predecessor(previous: Sequence[Dataset], series_uid: str, sop_instance_uid: str) -> list[Dataset]:
+    """The SR that a new SR (`series_uid`, `sop_instance_uid`) supersedes: the latest of `previous` in the same
+    series with another SOP Instance UID. The same SR built again names the same predecessor, so its content, and
+    what its UID stands for, stays the same."""
+    others = [ds for ds in previous
+              if str(ds.SeriesInstanceUID) == series_uid and str(ds.SOPInstanceUID) != sop_instance_uid]
+    return others[-1:]
 
 
 def build_series_outputs(source_datasets: Sequence[Dataset], findings: SeriesFindings, index: int,
-                         now: dt.datetime, kinds: Collection[str] = KINDS) -> list[Dataset]:
+                         now: dt.datetime, kinds: Collection[str] = KINDS,
+                         previous: Sequence[Dataset] = ()) -> list[Dataset]:
     """The objects of one analysed series (see the module docstring), of the given `kinds` only."""
     sources = series_sources(source_datasets, findings)
-    identity = _identity(findings)
+    model_set = model_identity(_routing_models(findings))
+    content = [*sorted(findings.source_instances), *_models(findings)]
     base = SERIES_NUMBER_BASE + 10 * index
 
     def uids(kind: str) -> dict[str, str]:
-        return {"series_uid": derived_uid(f"series:{kind}", *identity),
-                "sop_instance_uid": derived_uid(f"instance:{kind}", *identity)}
+        return {"series_uid": derived_uid(f"series:{kind}", findings.series_instance_uid, *model_set),
+                "sop_instance_uid": derived_uid(f"instance:{kind}", findings.series_instance_uid, *content)}
+
+    def superseded(ids: dict[str, str]) -> list[Dataset]:
+        return predecessor(previous, ids["series_uid"], ids["sop_instance_uid"])
 
     outputs: list[Dataset] = []
     plan = non_empty(findings.segmentations)
@@ -54,22 +79,30 @@ def build_series_outputs(source_datasets: Sequence[Dataset], findings: SeriesFin
             outputs.append(seg)
     boxes = box_groups(sources) if "sr" in kinds or "boxes" in kinds else []
     if "sr" in kinds:
-        outputs.append(build_full_report(sources, plan, seg, boxes, series_number=base + 2, now=now, **uids("sr")))
+        ids = uids("sr")
+        outputs.append(build_full_report(sources, plan, seg, boxes, series_number=base + 2, now=now,
+                                         previous=superseded(ids), **ids))
     if boxes and "boxes" in kinds:
-        outputs.append(build_box_report(sources, boxes, series_number=base + 3, now=now, **uids("boxes")))
-    if "key" in kinds:
-        outputs.append(build_key_image(sources, plan, series_number=base + 4, now=now, **uids("key")))
+        ids = uids("boxes")
+        outputs.append(build_box_report(sources, boxes, series_number=base + 3, now=now, previous=superseded(ids),
+                                        **ids))
+    key_image = build_key_image(sources, plan, series_number=base + 4, now=now, **uids("key")) \
+        if "key" in kinds else None
+    if key_image is not None:
+        outputs.append(key_image)
     return outputs
 
 
 def build_outputs(source_datasets: Sequence[Dataset], findings: StudyFindings, *, now: dt.datetime | None = None,
-                  kinds: Collection[str] = KINDS) -> list[Dataset]:
+                  kinds: Collection[str] = KINDS, previous: Sequence[Dataset] = ()) -> list[Dataset]:
     """SEG, SRs and key images for every analysed series of `findings`, joining the source study.
 
     `source_datasets` are the study's instances with pixel data (pydicom Datasets); every instance a series'
     findings name must be among them (`MissingSource` otherwise). `now` sets Content/Series Date and Time
     (default: the current UTC time); everything else, UIDs included, depends only on the inputs. `kinds`: a subset
-    of `KINDS` to build only those objects (each is the same as in a complete build).
+    of `KINDS` to build only those objects (each is the same as in a complete build). `previous`: headers
+    (Study/Series/SOP Instance UID, SOP Class UID) of the SRs built for this study before, oldest first; a new SR
+    names the latest one of its series as its predecessor.
     """
     unknown = set(kinds) - set(KINDS)
     if unknown:
@@ -77,7 +110,7 @@ def build_outputs(source_datasets: Sequence[Dataset], findings: StudyFindings, *
     moment = now or dt.datetime.now(dt.timezone.utc)
     outputs: list[Dataset] = []
     for index, series in enumerate(findings.series):
-        outputs += build_series_outputs(source_datasets, series, index, moment, kinds)
+        outputs += build_series_outputs(source_datasets, series, index, moment, kinds, previous)
     for ds in outputs:
         if ds.StudyInstanceUID != findings.study_instance_uid:
             raise ValueError(f"series of study {ds.StudyInstanceUID} given as findings of study "

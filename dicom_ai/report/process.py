@@ -52,15 +52,16 @@ class ReportProcess:
         """Spawn the helper and wait until it has imported the report stage and read highdicom's tables."""
         self._pool().submit(_ready).result()
 
-    def submit(self, source_datasets: Sequence[Dataset], findings: StudyFindings,
-               now: dt.datetime) -> Future[list[bytes]]:
-        """Start building the complete SRs of `findings`; the future holds them as Part 10 files."""
+    def submit(self, source_datasets: Sequence[Dataset], findings: StudyFindings, now: dt.datetime,
+               previous: Sequence[Dataset] = ()) -> Future[list[bytes]]:
+        """Start building the complete SRs of `findings` (superseding `previous`, see `build_outputs`); the future
+        holds them as Part 10 files."""
         headers = [_without_pixels(ds) for ds in source_datasets]
         try:
-            return self._pool().submit(_build_reports, headers, findings, now)
+            return self._pool().submit(_build_reports, headers, findings, now, list(previous))
         except BrokenProcessPool:
             self.restart()
-            return self._pool().submit(_build_reports, headers, findings, now)
+            return self._pool().submit(_build_reports, headers, findings, now, list(previous))
 
     @property
     def running(self) -> bool:
@@ -143,8 +144,9 @@ def _ready() -> bool:
     return True
 
 
-def _build_reports(source_datasets: list[Dataset], findings: StudyFindings, now: dt.datetime) -> list[bytes]:
+def _build_reports(source_datasets: list[Dataset], findings: StudyFindings, now: dt.datetime,
+                   previous: list[Dataset]) -> list[bytes]:
     from dicom_ai.report.outputs import REPORT_KINDS, build_outputs
 
     return [encode_part10(dataset) for dataset in build_outputs(source_datasets, findings, now=now,
-                                                                kinds=REPORT_KINDS)]
+                                                                kinds=REPORT_KINDS, previous=previous)]

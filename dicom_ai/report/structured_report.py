@@ -73,17 +73,24 @@ def _route_evaluation(decision: RouteDecision) -> hd.sr.QualitativeEvaluation:
 
 
 def _routing_group(sources: SeriesSources) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """The route decisions; the first (root) one also says which detector or segmenter the route asked for but
-    did not run, and why (e.g. disabled below its minimum test metric)."""
+    """TID 1501: the route decisions (the first, root, one also says which detector or segmenter the route asked
+    for but did not run, and why, e.g. disabled below its minimum test metric), then one TEXT item per instance the
+    pipeline could not analyse (saying why: the report of a series whose images cannot be decoded says so instead
+    of being missing)."""
     series = sources.findings.series_instance_uid
     evaluations = [_route_evaluation(d) for d in sources.findings.route]
     if evaluations:
         evaluations[0][0].ContentSequence.extend(
             _text(NOT_RUN, f"{skipped.name} ({skipped.task}): {skipped.reason}")
             for skipped in sources.findings.skipped_models)
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=derived_uid("route", series), identifier="Routing"),
         qualitative_evaluations=evaluations)
+    group[0].ContentSequence.extend(
+        hd.sr.TextContentItem(name=codes.NOT_ANALYSED, value=f"{e.sop_instance_uid}: {e.stage}: {e.message}"[:1024],
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for e in sources.findings.errors)
+    return group
 
 
 def _box_group(sources: SeriesSources, detection: Detection, index: int) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
@@ -170,14 +177,15 @@ def _segment_groups(sources: SeriesSources, plan: SegmentPlan, seg: Dataset) -> 
 
 def _report(sources: SeriesSources, groups: Sequence[Dataset], evidence: Sequence[Dataset], *, series_uid: str,
             sop_instance_uid: str, series_number: int, description: str, models: Sequence[ModelRef],
-            now: dt.datetime) -> hd.sr.Comprehensive3DSR:
+            now: dt.datetime, previous: Sequence[Dataset]) -> hd.sr.Comprehensive3DSR:
     report = hd.sr.MeasurementReport(observation_context=_observation_context(),
                                      procedure_reported=codes.IMAGING_PROCEDURE,
                                      imaging_measurements=list(groups), title=codes.IMAGING_MEASUREMENT_REPORT)
     sr = hd.sr.Comprehensive3DSR(evidence=list(evidence), content=report[0], series_instance_uid=series_uid,
                                  series_number=series_number, sop_instance_uid=sop_instance_uid, instance_number=1,
                                  manufacturer=MANUFACTURER, is_complete=True, series_description=description,
-                                 contributing_equipment=contributing_equipment(models))
+                                 contributing_equipment=contributing_equipment(models),
+                                 previous_versions=list(previous) or None)
     scheme = Dataset()
     scheme.CodingSchemeDesignator = codes.LOCAL_SCHEME
     scheme.CodingSchemeName = "dicom-ai local concepts"
@@ -196,8 +204,9 @@ def box_groups(sources: SeriesSources) -> list[hd.sr.PlanarROIMeasurementsAndQua
 
 def build_full_report(sources: SeriesSources, plan: SegmentPlan, seg: Dataset | None,
                       boxes: Sequence[Dataset], *, series_uid: str, sop_instance_uid: str, series_number: int,
-                      now: dt.datetime) -> hd.sr.Comprehensive3DSR:
-    """The complete TID 1500 report of one series (routing, the `box_groups`, segment measurements)."""
+                      now: dt.datetime, previous: Sequence[Dataset] = ()) -> hd.sr.Comprehensive3DSR:
+    """The complete TID 1500 report of one series (routing, the `box_groups`, segment measurements); `previous`:
+    the SR it supersedes (PredecessorDocumentsSequence)."""
     findings = sources.findings
     groups: list[Dataset] = [_routing_group(sources), *boxes]
     evidence = list(sources.images)
@@ -207,16 +216,17 @@ def build_full_report(sources: SeriesSources, plan: SegmentPlan, seg: Dataset | 
     models = _models(findings.route, findings.detections, plan)
     return _report(sources, groups, evidence, series_uid=series_uid, sop_instance_uid=sop_instance_uid,
                    series_number=series_number, description="AI report (TID 1500, complete)", models=models,
-                   now=now)
+                   now=now, previous=previous)
 
 
 def build_box_report(sources: SeriesSources, boxes: Sequence[Dataset], *, series_uid: str, sop_instance_uid: str,
-                     series_number: int, now: dt.datetime) -> hd.sr.Comprehensive3DSR:
+                     series_number: int, now: dt.datetime,
+                     previous: Sequence[Dataset] = ()) -> hd.sr.Comprehensive3DSR:
     """The detections alone (the `box_groups`) as planar-ROI groups: the SR a viewer such as OHIF 3.13 draws."""
     findings = sources.findings
     return _report(sources, boxes, sources.images, series_uid=series_uid, sop_instance_uid=sop_instance_uid,
                    series_number=series_number, description="AI boxes (SR)",
-                   models=_models((), findings.detections, SegmentPlan({})), now=now)
+                   models=_models((), findings.detections, SegmentPlan({})), now=now, previous=previous)
 
 
 def _models(route: Sequence[RouteDecision], detections: Sequence[Detection], plan: SegmentPlan) -> list[ModelRef]:

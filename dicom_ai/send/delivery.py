@@ -24,6 +24,7 @@ from pynetdicom.presentation import build_context
 from pynetdicom.status import code_to_category
 
 from dicom_ai.config import TlsSettings
+from dicom_ai.observe import metrics
 from dicom_ai.send.destinations import Destination
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,8 @@ def _store_one(association: Association, item: StoreItem, timeout: float) -> Sto
     started = time.monotonic()
     try:
         response = association.send_c_store(Path(item.file_path))
+        metrics.result_sent("Status" in response and code_to_category(int(response.Status)) in ("Success", "Warning"),
+                            time.monotonic() - started)
     except ValueError as exc:  # no accepted presentation context for this SOP class / transfer syntax
         return StoreOutcome(uid, False, None, f"destination did not accept SOP class {item.sop_class_uid} in "
                                               f"transfer syntax {item.transfer_syntax}: {exc}")

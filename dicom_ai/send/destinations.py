@@ -39,12 +39,13 @@ class DeliveryPlan:
     def unresolved_reason(self) -> str:
         if self.unresolved_sender is None:
             return ""
+        instead = ("results go only to send.extra_destinations (a modality usually cannot receive: to route its "
+                   "results to the PACS set send.to_sender = false and send.extra_destinations = [\"PACS\"]); to send "
+                   "them back to it, add it to [nodes] and `dicom-ai retry --study UID`")
         if not self.unresolved_sender:
-            return ("the study's sender is unknown (no calling AE title recorded), so results cannot go back to "
-                    "it; add the sender to [nodes] or set send.extra_destinations, then `dicom-ai retry --outbox`")
+            return f"the study's sender is unknown (no calling AE title recorded); {instead}"
         return (f"the sender's calling AE title {self.unresolved_sender!r} is not in [nodes], so its host and port "
-                f"are unknown; add [nodes.<name>] with ae_title = {self.unresolved_sender!r}, host and port, then "
-                f"`dicom-ai retry --outbox`")
+                f"are unknown; {instead}")
 
 
 def plan_delivery(settings: Settings, calling_ae: str) -> DeliveryPlan:

@@ -18,6 +18,7 @@ from dicom_ai.config import Settings
 from dicom_ai.send.delivery import DeliveryConfigError, StoreOutcome, client_tls_context, store_batch
 from dicom_ai.send.destinations import Destination, resolve_destination
 from dicom_ai.send.outbox import Outbox, OutboxEntry
+from dicom_ai.store.health import FailureLog
 from dicom_ai.store.models import utcnow
 from dicom_ai.store.outbox_model import OutboxState
 
@@ -69,7 +70,7 @@ class Dispatcher:
         if destination is None:
             reason = (f"destination {name!r} is neither a node name nor a node AE title in [nodes]; add it to "
                       f"[nodes], then `dicom-ai retry --outbox`")
-            return [self.outbox.record_failure(entry, reason) for entry in batch]
+            return [self.outbox.record_failure(entry, reason, final=True) for entry in batch]
         try:
             outcomes = self._send(destination, batch)
         except DeliveryConfigError as exc:
@@ -122,12 +123,15 @@ class Dispatcher:
             self._thread = None
 
     def _loop(self) -> None:
+        failures = FailureLog(log, "outbox dispatcher")
         while not self._stopping.is_set():
             try:
                 report = self.dispatch_due()
-            except Exception:  # e.g. the database is briefly locked: try again after the poll interval
-                log.exception("outbox dispatch pass failed; trying again")
+            except Exception as exc:  # e.g. a full disk or a locked database: try again after the poll interval
+                failures.failed(exc)
                 report = DispatchReport()
+            else:
+                failures.succeeded()
             if report.claimed and not self._stopping.is_set():
                 continue
             self._wake.wait(self._idle_wait())

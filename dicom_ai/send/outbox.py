@@ -13,18 +13,22 @@ SOP Instance UIDs, so a PACS keeps one copy. `retry_dead` re-arms dead letters.
 
 Audit events (kind, one per object and destination): `send.queued`, `send.stored` (an attempt that succeeded),
 `send.failed` (an attempt that failed, with the next attempt time), `send.dead` (the attempt that made it a dead
-letter, or an unroutable result), `send.interrupted`, `send.retry`; `send.unroutable` once per study whose sender
-is not in `[nodes]`.
+letter, or a row whose destination is no longer in `[nodes]`), `send.interrupted`, `send.retry`.
+
+A sender that is not in `[nodes]` (a modality's calling AE title, with no host or port to send to) is a
+configuration fact, not a delivery failure: `send.unroutable` is recorded once per study (and logged once), and no
+row is created for it, so nothing is retried or dead-lettered; the other destinations get their rows as usual.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from io import BytesIO
 from pathlib import Path
@@ -36,11 +40,12 @@ from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from dicom_ai.backoff import backoff_delay
 from dicom_ai.config import SendSettings, Settings
-from dicom_ai.send.backoff import backoff_delay
 from dicom_ai.send.destinations import DeliveryPlan
+from dicom_ai.store.controls import Control, is_paused
 from dicom_ai.store.database import Database, add_event
-from dicom_ai.store.models import utcnow
+from dicom_ai.store.models import Event, utcnow
 from dicom_ai.store.outbox_model import OutboxItem, OutboxState
 from dicom_ai.store.queue import hold_lease
 from dicom_ai.store.records import JobFence
@@ -48,7 +53,7 @@ from dicom_ai.uids import require_uid
 
 log = logging.getLogger(__name__)
 
-UNKNOWN_SENDER = "(unknown sender)"
+UNROUTABLE_EVENT = "send.unroutable"
 
 
 class OutboxWriteError(RuntimeError):
@@ -113,11 +118,23 @@ class DeadLetter:
 
 
 @dataclass(frozen=True)
+class UnroutableStudy:
+    """A study whose results could not go back to its sender (`send.unroutable`), as shown to operators."""
+
+    study_uid: str
+    calling_ae: str
+    recorded_at: str  # ISO 8601, UTC
+    reason: str
+
+
+@dataclass(frozen=True)
 class OutboxOverview:
-    """Deliveries per state (pending, sending, sent, dead) and the newest dead letters."""
+    """Deliveries per state (pending, sending, sent, dead), the newest dead letters and the newest studies whose
+    sender is not in `[nodes]`."""
 
     by_state: dict[str, int]
     dead_letters: list[DeadLetter]
+    unroutable: list[UnroutableStudy] = field(default_factory=list)
 
 
 def encode_part10(dataset: Dataset) -> bytes:
@@ -155,7 +172,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     except OSError as exc:
         temporary.unlink(missing_ok=True)
         raise OutboxWriteError(f"cannot write {path}: {exc.strerror or exc}; free space in the data directory "
-                               f"and re-run the job (`dicom-ai retry`)") from exc
+                               f"(`dicom-ai status` shows it): the job is tried again") from exc
 
 
 class Outbox:
@@ -195,8 +212,8 @@ class Outbox:
 
     def enqueue(self, datasets: Sequence[Dataset | bytes], plan: DeliveryPlan, *, study_uid: str,
                 job_id: int | None = None, fence: JobFence | None = None) -> list[OutboxEntry]:
-        """Queue `datasets` (or encoded Part 10 files) for every destination of `plan`; dead-letter them for an
-        unresolved sender.
+        """Queue `datasets` (or encoded Part 10 files) for every destination of `plan`. An unresolved sender gets
+        no row: its `send.unroutable` event is recorded once per study (see the module docstring).
 
         Re-queueing an object (same SOP Instance UID, same destination) re-arms its row instead of adding one, so
         a re-processed study replaces its results at the destination rather than duplicating them.
@@ -205,10 +222,16 @@ class Outbox:
         """
         if not datasets:
             return []
-        if not plan.destinations and plan.unresolved_sender is None:
-            self.database.record_event("send.skipped", study_uid=study_uid, job_id=job_id,
-                                       detail={"reason": "no destination: send.to_sender is off and "
-                                                         "send.extra_destinations is empty"})
+        if not plan.destinations:
+            with self.database.write_session() as session:
+                if fence is not None:
+                    hold_lease(session, fence)
+                if plan.unresolved_sender is not None:
+                    _note_unroutable(session, plan, study_uid, job_id)
+                else:
+                    add_event(session, "send.skipped", study_uid=study_uid, job_id=job_id,
+                              detail={"reason": "no destination: send.to_sender is off and "
+                                                "send.extra_destinations is empty"})
             return []
         files: list[OutboxFile] = []
         try:
@@ -239,19 +262,7 @@ class Outbox:
                     session.flush()
                     entries.append(OutboxEntry.of(row))
             if plan.unresolved_sender is not None:
-                sender = plan.unresolved_sender or UNKNOWN_SENDER
-                add_event(session, "send.unroutable", study_uid=study_uid, job_id=job_id,
-                          detail={"calling_ae": plan.unresolved_sender, "reason": plan.unresolved_reason,
-                                  "objects": [item.sop_instance_uid for item in files]})
-                for item in files:
-                    row = _upsert(session, item, sender, plan.unresolved_sender[:16], job_id, now, replaced)
-                    row.state = OutboxState.DEAD
-                    row.last_error = plan.unresolved_reason
-                    add_event(session, "send.dead", study_uid=item.study_uid, job_id=job_id,
-                              series_uid=item.series_uid, sop_instance_uid=item.sop_instance_uid,
-                              detail={"destination": sender, "attempt": 0, "error": plan.unresolved_reason})
-                    session.flush()
-                    entries.append(OutboxEntry.of(row))
+                _note_unroutable(session, plan, study_uid, job_id)
         return replaced, entries
 
     # -- the dispatcher's side -----------------------------------------------------------------------------
@@ -262,6 +273,8 @@ class Outbox:
         (it died or was cut off mid-delivery: the object is sent again, with the same SOP Instance UID)."""
         now = self._clock()
         with self.database.write_session() as session:
+            if is_paused(session, Control.SENDING):  # an operator paused sending (dicom_ai.store.controls)
+                return []
             rows = session.scalars(
                 select(OutboxItem)
                 .where(or_(and_(OutboxItem.state == OutboxState.PENDING, OutboxItem.next_attempt_at <= now),
@@ -313,9 +326,10 @@ class Outbox:
         self._discard_unreferenced([str(entry.file_path)])
         return True
 
-    def record_failure(self, entry: OutboxEntry, error: str) -> OutboxState | None:
-        """An attempt failed: back to `pending` after the backoff, or `dead` after `send.max_attempts` attempts.
-        Returns the new state (None if the row changed meanwhile)."""
+    def record_failure(self, entry: OutboxEntry, error: str, *, final: bool = False) -> OutboxState | None:
+        """An attempt failed: back to `pending` after the backoff, or `dead` after `send.max_attempts` attempts, or
+        at once when it is `final` (trying again cannot help: the destination is not in `[nodes]`). Returns the new
+        state (None if the row changed meanwhile)."""
         now = self._clock()
         with self.database.write_session() as session:
             row = _claimed(session, entry, self.holder)
@@ -327,7 +341,7 @@ class Outbox:
             detail: dict[str, Any] = {"destination": row.destination, "ae_title": row.destination_ae,
                                       "attempt": row.attempts, "max_attempts": self.settings.max_attempts,
                                       "error": error}
-            if row.attempts >= self.settings.max_attempts:
+            if final or row.attempts >= self.settings.max_attempts:
                 row.state = OutboxState.DEAD
                 kind = "send.dead"
             else:
@@ -384,9 +398,14 @@ class Outbox:
         return {str(state): int(found.get(state, 0)) for state in OutboxState}
 
     def overview(self, dead_shown: int = 10) -> OutboxOverview:
-        """Counts per state and the newest dead letters (the `outbox` part of `dicom-ai status`)."""
+        """Counts per state, the newest dead letters and unroutable studies (the `outbox` part of `dicom-ai
+        status`)."""
         dead = self.entries(states=[OutboxState.DEAD], newest_first=True, limit=dead_shown)
-        return OutboxOverview(by_state=self.counts(), dead_letters=[DeadLetter.of(entry) for entry in dead])
+        with self.database.session() as session:
+            unroutable = [_unroutable_study(event) for event in session.scalars(
+                select(Event).where(Event.kind == UNROUTABLE_EVENT).order_by(Event.id.desc()).limit(dead_shown))]
+        return OutboxOverview(by_state=self.counts(), dead_letters=[DeadLetter.of(entry) for entry in dead],
+                              unroutable=unroutable)
 
     def entries(self, *, study_uid: str | None = None, states: Iterable[OutboxState] = (),
                 limit: int | None = None, newest_first: bool = False) -> list[OutboxEntry]:
@@ -404,6 +423,8 @@ class Outbox:
     def next_due_at(self) -> datetime | None:
         """When the earliest pending row becomes due (None when nothing is pending)."""
         with self.database.session() as session:
+            if is_paused(session, Control.SENDING):
+                return None  # nothing becomes due while paused: the dispatcher idles a whole poll interval
             return session.scalar(select(func.min(OutboxItem.next_attempt_at))
                                   .where(OutboxItem.state == OutboxState.PENDING))
 
@@ -421,6 +442,22 @@ class Outbox:
         for path in unique:
             if path not in still_needed:
                 Path(path).unlink(missing_ok=True)
+
+
+def _note_unroutable(session: Session, plan: DeliveryPlan, study_uid: str, job_id: int | None) -> None:
+    """Record (and log) once per study that its results cannot go back to its sender."""
+    if session.scalar(select(Event.id).where(Event.kind == UNROUTABLE_EVENT, Event.study_uid == study_uid).limit(1)):
+        return
+    log.warning("study %s: %s", study_uid, plan.unresolved_reason)
+    add_event(session, UNROUTABLE_EVENT, study_uid=study_uid, job_id=job_id,
+              detail={"calling_ae": plan.unresolved_sender, "reason": plan.unresolved_reason,
+                      "destinations": [destination.name for destination in plan.destinations]})
+
+
+def _unroutable_study(event: Event) -> UnroutableStudy:
+    detail = json.loads(event.detail) if event.detail.startswith("{") else {}
+    return UnroutableStudy(study_uid=event.study_uid or "", calling_ae=str(detail.get("calling_ae", "")),
+                           recorded_at=event.at.isoformat(), reason=str(detail.get("reason", event.detail)))
 
 
 def _upsert(session: Session, item: OutboxFile, destination: str, destination_ae: str, job_id: int | None,

@@ -7,7 +7,6 @@ job is done as soon as its results are safely queued, whether or not the destina
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,12 +19,10 @@ from dicom_ai.send.outbox import Outbox, OutboxEntry
 from dicom_ai.store.database import Database
 from dicom_ai.store.records import JobFence
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class SubmittedResults:
-    """What `submit` queued: the plan it followed and the outbox rows (dead ones when the sender is unknown)."""
+    """What `submit` queued: the plan it followed and the outbox rows (none for a sender not in `[nodes]`)."""
 
     plan: DeliveryPlan
     entries: tuple[OutboxEntry, ...]
@@ -35,8 +32,7 @@ class SubmittedResults:
         """For the audit trail of the job."""
         return {"objects": len({entry.sop_instance_uid for entry in self.entries}),
                 "destinations": [destination.name for destination in self.plan.destinations],
-                "unresolved_sender": self.plan.unresolved_sender,
-                "dead_lettered": sum(entry.state == "dead" for entry in self.entries)}
+                "unresolved_sender": self.plan.unresolved_sender}
 
 
 class ResultSender:
@@ -61,8 +57,6 @@ class ResultSender:
         """Queue `datasets` (or encoded Part 10 files) for the study's sender and the extra destinations; returns
         once they are durable. `fence`: only while that worker holds the job (else `LeaseLost`, nothing queued)."""
         plan = plan_delivery(self.settings, calling_ae)
-        if plan.unresolved_sender is not None:
-            log.warning("study %s: %s", study_uid, plan.unresolved_reason)
         entries = self.outbox.enqueue(datasets, plan, study_uid=study_uid, job_id=job_id, fence=fence)
         self.dispatcher.wake()
         return SubmittedResults(plan, tuple(entries))

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, case, func, or_, select
 
 from dicom_ai.store.database import Database, instance_info
 from dicom_ai.store.models import Association, Event, Instance, Job, NodeRun, Series, Study, utcnow
@@ -231,6 +231,77 @@ def study_trail(database: Database, study_uid: str) -> StudyTrail:
             jobs=[_job(job) for job in study.jobs],
             events=[_event(e) for e in events],
         )
+
+
+@dataclass(frozen=True)
+class StudyListEntry:
+    """One row of the dashboard's and `GET /api/studies`' study list: the summary plus what it was and what the
+    pipeline made of it (from its latest `pipeline.series` events)."""
+
+    study: StudySummary
+    modalities: list[str]
+    route: list[str]  # e.g. ["modality=MR", "mri_region=brain"] of its first analysed series
+    disagreement: bool  # header and pixel evidence disagreed at some routing node
+    findings: int  # detections + segmentations with a mask, over all series
+    duration_seconds: float | None  # first instance received -> latest job finished
+
+
+def study_list(database: Database, *, state: str | None = None, modality: str | None = None,
+               limit: int = 100) -> list[StudyListEntry]:
+    """The newest studies (by last instance received), optionally only one state / one modality."""
+    with database.session() as session:
+        query = select(Study).order_by(Study.last_received_at.desc()).limit(limit)
+        if state:
+            query = query.where(Study.state == state)
+        if modality:
+            query = query.where(Study.id.in_(select(Series.study_id).where(Series.modality == modality)))
+        studies = list(session.scalars(query))
+        ids = [study.id for study in studies]
+        modalities: dict[int, set[str]] = {}
+        for study_id, value in session.execute(select(Series.study_id, Series.modality)
+                                               .where(Series.study_id.in_(ids)).distinct()):
+            modalities.setdefault(study_id, set()).add(value)
+        series_events: dict[str, list[Any]] = {}
+        for uid, detail, job_id in session.execute(
+                select(Event.study_uid, Event.detail, Event.job_id)
+                .where(Event.kind == "pipeline.series", Event.study_uid.in_([s.study_uid for s in studies]))
+                .order_by(Event.id)):
+            series_events.setdefault(uid, []).append((job_id, detail))
+        rows = []
+        for study in studies:
+            latest = study.jobs[-1] if study.jobs else None
+            summaries = [json.loads(d) for job_id, d in series_events.get(study.study_uid, [])
+                         if latest is not None and job_id == latest.id]
+            route = [f"{step['node']}={step['label'] or step['outcome']}" for step in
+                     (summaries[0]["route"] if summaries else [])]
+            finished = latest.finished_at if latest is not None else None
+            rows.append(StudyListEntry(
+                study=_study(session, study), modalities=sorted(modalities.get(study.id, set())), route=route,
+                disagreement=any(step["disagreement"] for s in summaries for step in s["route"]),
+                findings=sum(s["detections"] + sum(1 for g in s["segmentations"] if g["frames_with_mask"])
+                             for s in summaries),
+                duration_seconds=(finished - study.first_received_at).total_seconds() if finished else None))
+    return rows
+
+
+ARRIVALS_ROWS_SCANNED = 200_000  # the chart counts among the newest rows only: a primary-key range, never a full scan
+
+
+def arrivals(database: Database, since: datetime, buckets: int) -> tuple[list[int], list[int]]:
+    """Instances and new studies received per time bucket from `since` until now (the overview's chart), counted
+    by the database in one pass over the newest ARRIVALS_ROWS_SCANNED rows of each table."""
+    width = (utcnow() - since) / buckets
+    edges = [since + width * i for i in range(buckets)] + [utcnow() + timedelta(seconds=1)]
+    counts = []
+    with database.session() as session:
+        for table_id, column in ((Instance.id, Instance.received_at), (Study.id, Study.first_received_at)):
+            newest = session.scalar(select(func.max(table_id))) or 0
+            row = session.execute(
+                select(*(func.coalesce(func.sum(case((and_(column >= low, column < high), 1), else_=0)), 0)
+                         for low, high in zip(edges, edges[1:])))
+                .where(table_id > newest - ARRIVALS_ROWS_SCANNED, column >= since)).one()
+            counts.append([int(value) for value in row])
+    return counts[0], counts[1]
 
 
 def recent_events(database: Database, limit: int = 50) -> list[EventRecord]:

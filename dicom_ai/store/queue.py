@@ -24,7 +24,10 @@ from pathlib import Path
 from sqlalchemy import Select, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from dicom_ai.backoff import backoff_delay
 from dicom_ai.config import QueueSettings
+from dicom_ai.observe import metrics
+from dicom_ai.store.controls import Control, is_paused
 from dicom_ai.store.database import Database, add_event, set_study_state
 from dicom_ai.store.models import Instance, Job, Series, Study, utcnow
 from dicom_ai.store.records import (ClaimedJob, CompletionResult, JobFence, JobInstance, JobState,
@@ -55,6 +58,22 @@ class JobQueue:
         self.settings = settings
         self._clock = clock
         self._lease = timedelta(seconds=settings.lease_seconds)
+        self._quiet_from: datetime | None = None  # see restart_quiet_periods
+
+    def restart_quiet_periods(self) -> list[str]:
+        """At start-up: studies still receiving get a fresh quiet period from now (see dicom_ai.store.stability);
+        each gets a `study.quiet_period_restarted` event. Returns their UIDs."""
+        now = self._clock()
+        self._quiet_from = now
+        stable_at = (now + timedelta(seconds=self.settings.stable_after_seconds)).isoformat()
+        with self.database.write_session() as session:
+            receiving = list(session.scalars(select(Study).where(Study.state == StudyState.RECEIVING)
+                                             .order_by(Study.id)))
+            for study in receiving:
+                add_event(session, "study.quiet_period_restarted", study_uid=study.study_uid, detail={
+                    "reason": "the node started while the study was receiving; its sender may not be done",
+                    "last_received_at": study.last_received_at.isoformat(), "stable_at_earliest": stable_at})
+            return [study.study_uid for study in receiving]
 
     # -- producing jobs ------------------------------------------------------------------------------------
 
@@ -62,7 +81,8 @@ class JobQueue:
         """Mark quiet studies stable and queue a job for every stable study without an active job."""
         now = self._clock()
         with self.database.write_session() as session:
-            mark_quiet_studies_stable(session, now, timedelta(seconds=self.settings.stable_after_seconds))
+            mark_quiet_studies_stable(session, now, timedelta(seconds=self.settings.stable_after_seconds),
+                                      self._quiet_from)
             created = []
             stable = select(Study).where(Study.state == StudyState.STABLE).order_by(Study.id)
             for study in session.scalars(stable.with_for_update(skip_locked=True)):
@@ -128,8 +148,10 @@ class JobQueue:
         """
         quiet_since = self._clock() - timedelta(seconds=quiet_seconds)
         with self.database.write_session() if claimant else self.database.session() as session:
+            if is_paused(session, Control.PROCESSING):
+                return None
             quietest = _quietest_receiving_study(session, analysed or {}, unclaimed=claimant is not None)
-            if quietest is None or quietest[2] > quiet_since:
+            if quietest is None or self._quiet_since(quietest[2]) > quiet_since:
                 return None
             study_id, study_uid, last_received_at = quietest
             if claimant is not None:
@@ -143,6 +165,11 @@ class JobQueue:
                     return None  # another worker took it, or an instance arrived meanwhile
             return ReceivingStudy(study_uid, last_received_at, _analysable_instances(session, study_id))
 
+    def processing_paused(self) -> bool:
+        """Whether an operator paused processing: idle workers then wait a whole poll interval."""
+        with self.database.session() as session:
+            return is_paused(session, Control.PROCESSING)
+
     def seconds_until_quiet(self, quiet_seconds: float,
                             analysed: Mapping[str, datetime] | None = None, *,
                             unclaimed: bool = False) -> float | None:
@@ -155,8 +182,12 @@ class JobQueue:
             quietest = _quietest_receiving_study(session, analysed or {}, unclaimed=unclaimed)
         if quietest is None:
             return None
-        due = quietest[2] + timedelta(seconds=quiet_seconds)
+        due = self._quiet_since(quietest[2]) + timedelta(seconds=quiet_seconds)
         return max(0.0, (due - self._clock()).total_seconds())
+
+    def _quiet_since(self, last_received_at: datetime) -> datetime:
+        """Since when a receiving study counts as quiet: its last instance, or the start-up if that came later."""
+        return last_received_at if self._quiet_from is None else max(last_received_at, self._quiet_from)
 
     def last_received_at(self, study_uid: str) -> datetime | None:
         """When the study's latest instance (not one of our outputs) was received; None for an unknown study."""
@@ -178,6 +209,8 @@ class JobQueue:
         its memory)."""
         now = self._clock()
         with self.database.write_session() as session:
+            if is_paused(session, Control.PROCESSING):  # an operator paused processing (dicom_ai.store.controls)
+                return None
             candidate = session.scalar(next_due_job(now, prefer_ahead_by))
             if candidate is None:
                 return None
@@ -258,6 +291,7 @@ class JobQueue:
                 self._end_failed_attempt(
                     session, job, f"lease expired: worker {job.worker_id} stopped heartbeating "
                                   f"(crashed or killed) during attempt {job.attempts}")
+            metrics.LEASES_RECLAIMED.inc(len(expired))
             return [job.id for job in expired]
 
     def reclaim_orphans(self, is_orphan: Callable[[str], bool]) -> list[int]:
@@ -272,6 +306,7 @@ class JobQueue:
                 self._end_failed_attempt(
                     session, job, f"worker {job.worker_id} is gone (its process ended: crashed or killed) "
                                   f"during attempt {job.attempts}")
+            metrics.LEASES_RECLAIMED.inc(len(orphans))
             return [job.id for job in orphans]
 
     def _held(self, session: Session, job_id: int, worker_id: str, attempt: int | None = None) -> Job:
@@ -296,7 +331,8 @@ class JobQueue:
         else:
             job.state = JobState.QUEUED
             job.worker_id = None
-            job.not_before = now + timedelta(seconds=self.settings.retry_delay_seconds)
+            job.not_before = now + backoff_delay(job.attempts, self.settings.retry_delay_seconds,
+                                                 self.settings.retry_delay_max_seconds)
             add_event(session, "job.attempt_failed", study_uid=study.study_uid, job_id=job.id,
                       detail={**detail, "retry_at": job.not_before.isoformat()})
             if study.state == StudyState.PROCESSING:

@@ -43,6 +43,7 @@ from pathlib import Path
 from sqlalchemy.exc import IntegrityError
 
 from dicom_ai.store.database import Database
+from dicom_ai.store.health import FailureLog
 from dicom_ai.store.records import ReceivedInstance
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class InstanceRecorder:
         self._stopping = False
         self._urgent = False  # a flush() or stop() is waiting: commit what is queued now
         self._thread: threading.Thread | None = None
+        self._commit_failures = FailureLog(log, "committing instance rows (they are safe in the spool journal)")
 
     def _new_journal_dir(self) -> Path:
         return self.journal_root / f"{socket.gethostname()}-{os.getpid()}-{next(_recorders)}"
@@ -221,10 +223,10 @@ class InstanceRecorder:
     def _commit(self, batch: list[Entry]) -> bool:
         try:
             self.database.record_instances(batch)
-        except Exception:
-            log.exception("cannot commit %d instance row(s); retrying (they are safe in the spool journal)",
-                          len(batch))
+        except Exception as exc:  # e.g. a full disk: logged once, not at every retry
+            self._commit_failures.failed(exc)
             return False
+        self._commit_failures.succeeded()
         return True
 
     def _open_segment(self) -> None:

@@ -3,6 +3,9 @@
 A study is *stable* once no new instance (other than our own outputs) has arrived for `queue.stable_after_seconds`,
 or at once when an operator says so (`dicom-ai study complete UID`). There is no end-of-study signal in C-STORE, so
 the quiet period is the standard rule; a late instance re-opens the study (see `Database.record_instance`).
+A study that was still receiving when the node started gets a fresh quiet period from the start-up
+(`JobQueue.restart_quiet_periods`): while the node was down its sender could not send, so the time it was down
+says nothing about whether the study is complete.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dicom_ai.store.database import set_study_state
+from dicom_ai.store.health import FailureLog
 from dicom_ai.store.models import Series, Study
 from dicom_ai.store.records import StudyState
 
@@ -28,8 +32,12 @@ log = logging.getLogger(__name__)
 WAKE_MARGIN_SECONDS = 0.02  # sleep a little past a quiet time's end, so it has ended by the database's clock too
 
 
-def mark_quiet_studies_stable(session: Session, now: datetime, quiet_period: timedelta) -> list[Study]:
-    """Move every receiving study that has been quiet for `quiet_period` to `stable`; return them."""
+def mark_quiet_studies_stable(session: Session, now: datetime, quiet_period: timedelta,
+                              quiet_from: datetime | None = None) -> list[Study]:
+    """Move every receiving study that has been quiet for `quiet_period` (counted from `quiet_from` at the
+    earliest: the node's start-up) to `stable`; return them."""
+    if quiet_from is not None and quiet_from > now - quiet_period:
+        return []
     quiet = list(session.scalars(
         select(Study).where(Study.state == StudyState.RECEIVING, Study.last_received_at <= now - quiet_period)
         .order_by(Study.last_received_at).with_for_update(skip_locked=True)
@@ -61,6 +69,7 @@ class StabilityMonitor:
         self.on_queued = on_queued
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stability-monitor", daemon=True)
+        self._failures = FailureLog(log, "stability monitor")
 
     def start(self) -> None:
         self.run_once()  # jobs orphaned by a previous crash are due as soon as their lease ran out
@@ -87,8 +96,8 @@ class StabilityMonitor:
         poll = self.queue.settings.poll_seconds
         try:
             due = self.queue.seconds_until_quiet(self.queue.settings.stable_after_seconds)
-        except Exception:
-            log.exception("stability monitor: cannot read the next due study; polling")
+        except Exception as exc:
+            self._failures.failed(exc)
             return poll
         return poll if due is None else min(poll, due + WAKE_MARGIN_SECONDS)
 
@@ -96,5 +105,7 @@ class StabilityMonitor:
         while not self._stop.wait(self._next_wait()):
             try:
                 self.run_once()
-            except Exception:  # a locked or briefly unreachable database must not end the monitor
-                log.exception("stability monitor: round failed; trying again")
+            except Exception as exc:  # a full disk or an unreachable database must not end the monitor
+                self._failures.failed(exc)
+            else:
+                self._failures.succeeded()

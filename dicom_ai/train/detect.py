@@ -295,10 +295,13 @@ def train_detector(
     last = run_dir / "weights" / "last.pt"
     started = time.monotonic()
     if resume and last.is_file():
-        progress(f"[{config.name}] resuming {last}")
         model = YOLO(str(last))
-        _report_epochs(model, config.name, progress)
-        model.train(resume=True)
+        if (model.ckpt or {}).get("optimizer") is None:  # ultralytics strips the optimizer when a run ends
+            progress(f"[{config.name}] {last} is a finished run: scoring it again")
+        else:
+            progress(f"[{config.name}] resuming {last}")
+            _report_epochs(model, config.name, progress)
+            model.train(resume=True)
     else:
         model = build(config.arch, len(config.class_names))
         if config.init_weights:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dicom_ai.models.registry import LoadedModel, ModelRegistry
+from dicom_ai.pipeline.inference import MASK_THRESHOLD
 from dicom_ai.train.datasets import DatasetError
 from dicom_ai.train.metrics import (
     average_precision,
@@ -31,7 +32,6 @@ from dicom_ai.train.sources import ClassificationSet, DetectionSet, Segmentation
 from dicom_ai.train.splits import stable_order
 
 BATCH = 16
-MASK_THRESHOLD = 0.5
 MAX_PR_PIXELS = 2_000_000  # pixel PR curve of a segmenter: every k-th pixel beyond this
 
 
@@ -88,7 +88,9 @@ def _evaluate_segmenter(model: LoadedModel, source: SegmentationSet, indices: Se
     arrays = source.arrays(indices, model.spec.input_size)
     size = model.spec.input_size
     probabilities = np.array(_in_batches(model.segment, arrays.images)).reshape(len(arrays), size, size)
-    predicted, truth = probabilities > MASK_THRESHOLD, arrays.masks[:, 0].astype(bool)
+    # the shipped operating point, as the node thresholds
+    predicted = probabilities > model.spec.operating_value("threshold", MASK_THRESHOLD)
+    truth = arrays.masks[:, 0].astype(bool)
     details: dict[str, Any] = segmentation_metrics(predicted, truth, arrays.volumes).to_dict()
     pixels = np.array([[np.sum(~predicted & ~truth), np.sum(predicted & ~truth)],
                        [np.sum(~predicted & truth), np.sum(predicted & truth)]], dtype=np.int64)

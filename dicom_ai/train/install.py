@@ -80,6 +80,29 @@ def install_model(models_dir: Path, card: ModelCard, weights: Path) -> ModelSpec
     return spec
 
 
+def record_rescore(models_dir: Path, name: str, metrics: dict[str, float], why: str, when: str) -> ModelSpec:
+    """An installed model scored again on its test split (e.g. after the input path changed): its manifest metrics
+    become the new ones, its quality gate is set from MINIMUMS, and its card gets a section saying when, why and
+    what changed. The weights are untouched."""
+    from dicom_ai.models.manifest import read_manifest
+
+    spec = read_manifest(models_dir).get(name)
+    if spec is None:
+        raise InstallError(f"{name} is not installed in {models_dir}")
+    updated = replace(spec, metrics=dict(metrics), minimum=MINIMUMS.get(name, dict(spec.minimum)))
+    upsert_model_spec(models_dir, updated)
+    card = models_dir / (spec.card or f"{name}/{CARD_NAME}")
+    rows = "\n".join(f"| {k} | {spec.metrics.get(k, float('nan')):.4f} | {v:.4f} |" for k, v in sorted(metrics.items()))
+    failures = updated.below_minimum()
+    gate = ", ".join(f"{k} {v:g}" for k, v in updated.minimum.items())
+    section = (f"\n## Re-scored {when}\n\n{why}\n\n| metric | before | now |\n|---|---|---|\n{rows}\n\n"
+               + (f"Quality gate ({gate}): " + (f"**not met** ({'; '.join(failures)}): disabled by default."
+                                                 if failures else "met.") + "\n" if updated.minimum else ""))
+    if card.is_file():
+        card.write_text(card.read_text(encoding="utf-8").rstrip("\n") + "\n" + section, encoding="utf-8")
+    return updated
+
+
 def verify_installed(models_dir: Path, name: str) -> ModelSpec:
     """Load the installed model through a fresh `ModelRegistry` on the CPU (raises `ModelUnavailable`); a model
     below its minimum is loaded too (enabled for this check only): installing it is not using it."""

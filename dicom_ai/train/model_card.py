@@ -54,6 +54,7 @@ class ModelCard:
     operating_point: Mapping[str, Any] = field(default_factory=dict)  # detector confidence chosen on validation
     minimum: Mapping[str, float] = field(default_factory=dict)  # the quality gate (see dicom_ai.train.install)
     notes: Sequence[str] = ()  # e.g. what the weights were initialised from, with its licence
+    curve: Sequence[Mapping[str, Any]] = ()  # per epoch: epoch, training loss, validation metric (the run's log)
 
     @property
     def headline(self) -> dict[str, float]:
@@ -161,6 +162,10 @@ def render_card(card: ModelCard) -> str:
                   f"- Minimum test metric: {', '.join(f'{k} {v:g}' for k, v in card.minimum.items())}: "
                   + (f"**not met** ({'; '.join(failures)}): the node ships this model disabled; "
                      "`pipeline.enable_models_below_minimum` enables it." if failures else "met.")]
+    if card.curve:
+        keys = [k for k in card.curve[0] if k != "epoch"]
+        lines += ["", "## Learning curve (validation split, per epoch)", "",
+                  *_table(["epoch", *keys], [[row["epoch"], *(row[k] for k in keys)] for row in card.curve])]
     if card.notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in card.notes)]
     if card.dataset in DATASET_TASKS:

@@ -76,9 +76,16 @@ def _start(source: TrainingSet, request: RunRequest, out: Path) -> GroupedSplit:
 
 def _finish(source: TrainingSet, request: RunRequest, out: Path, split: GroupedSplit, started: float,
             **result: Any) -> RunOutcome:
+    requested = asdict(request)
+    earlier = out / "run.json"
+    if request.resume and request.init_weights is None and earlier.is_file():
+        # a resumed run still derives from what its first session started from
+        import json
+
+        requested["init_weights"] = json.loads(earlier.read_text())["request"].get("init_weights")
     record = {"dataset": source.name, "data": source.location, "task": source.task, "licence": source.licence,
               "split": {k: split.record[k] for k in ("seed", "counts", "fingerprint")},
-              "request": asdict(request), "machine": machine(), "wall_seconds": round(time.monotonic() - started, 1),
+              "request": requested, "machine": machine(), "wall_seconds": round(time.monotonic() - started, 1),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     write_json(out / "run.json", record)
     return RunOutcome(out_dir=out, task=source.task, arch=request.arch, input_size=request.input_size,
@@ -123,7 +130,8 @@ def _initialised(module: Any, request: RunRequest, progress: Progress) -> Any:
 def _loop_outcome(result: Any) -> dict[str, Any]:
     """A classifier or segmenter loop result as `RunOutcome` fields."""
     return dict(weights=result.weights_path, test=result.test.to_dict(), epochs=result.epochs,
-                best_epoch=result.best_epoch, train_seconds=result.train_seconds)
+                best_epoch=result.best_epoch, train_seconds=result.train_seconds,
+                operating_point=getattr(result, "operating_point", {}))
 
 
 def train_classifier_run(source: ClassificationSet, request: RunRequest, out: Path,
@@ -233,6 +241,29 @@ def finished_run(out_dir: Path) -> RunOutcome:
                       operating_point=metrics.get("operating_point", {}))
 
 
+def learning_curve(out_dir: Path) -> list[dict[str, Any]]:
+    """Per epoch of a run folder: the training loss and the validation metric the run selected on, from its own
+    log (`log.csv`) or ultralytics' (`run/results.csv`); empty when there is neither."""
+    import csv
+
+    rows: list[dict[str, Any]] = []
+    for path, fields in ((out_dir / "log.csv", {"train_loss": "train_loss", "val_accuracy": "val_accuracy",
+                                                 "val_dice": "val_dice"}),
+                         (out_dir / "run" / "results.csv", {"train/box_loss": "train_box_loss",
+                                                            "metrics/mAP50(B)": "val_mAP50",
+                                                            "metrics/mAP50-95(B)": "val_mAP50_95"})):
+        if not path.is_file():
+            continue
+        with path.open(newline="") as handle:
+            for raw in csv.DictReader(handle):
+                raw = {k.strip(): v for k, v in raw.items()}
+                row: dict[str, Any] = {"epoch": int(float(raw["epoch"]))}
+                row.update({name: float(raw[key]) for key, name in fields.items() if raw.get(key) not in (None, "")})
+                rows.append(row)
+        break
+    return rows
+
+
 def run_card(outcome: RunOutcome, name: str, version: str) -> ModelCard:
     """The model card of a finished single run, installed as `name`."""
     record = outcome.record
@@ -246,4 +277,4 @@ def run_card(outcome: RunOutcome, name: str, version: str) -> ModelCard:
         wall_seconds=record["wall_seconds"], epochs=outcome.epochs, best_epoch=outcome.best_epoch,
         test=outcome.test, cap=record["request"]["max_items"], operating_point=outcome.operating_point,
         minimum=MINIMUMS.get(record["dataset"], {}),
-        notes=_init_notes(record["request"].get("init_weights")))
+        notes=_init_notes(record["request"].get("init_weights")), curve=learning_curve(outcome.out_dir))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +62,7 @@ class SegmenterResult:
     train_seconds: float
     weights_path: Path
     test_masks: np.ndarray
+    operating_point: dict[str, float | str] = field(default_factory=dict)
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -71,16 +72,34 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
     return 1 - (2 * intersection + eps) / (probs.sum() + target.sum() + eps)
 
 
-def predict_masks(model: torch.nn.Module, images: torch.Tensor, device: torch.device, threshold: float,
-                  batch_size: int = 64) -> torch.Tensor:
-    """Boolean masks (N, 1, S, S) for uint8 slices already on `device`."""
+def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
+                          batch_size: int = 64) -> torch.Tensor:
+    """Tumour probabilities (N, 1, S, S) for uint8 slices already on `device`."""
     model.eval()
     out = []
     with torch.inference_mode(), autocast(device):
         for index in batches(len(images), batch_size, None, shuffle=False):
             x = ((normalise(images[index.to(images.device)]) - INPUT_MEAN) / INPUT_STD)
-            out.append(torch.sigmoid(model(x.contiguous(memory_format=torch.channels_last)).float()) > threshold)
-    return torch.cat(out) if out else torch.zeros((0, 1, 1, 1), dtype=torch.bool)
+            out.append(torch.sigmoid(model(x.contiguous(memory_format=torch.channels_last)).float()))
+    return torch.cat(out) if out else torch.zeros((0, 1, 1, 1))
+
+
+def predict_masks(model: torch.nn.Module, images: torch.Tensor, device: torch.device, threshold: float,
+                  batch_size: int = 64) -> torch.Tensor:
+    """Boolean masks (N, 1, S, S) for uint8 slices already on `device`."""
+    return predict_probabilities(model, images, device, batch_size) > threshold
+
+
+OPERATING_THRESHOLDS = tuple(round(0.3 + 0.05 * k, 2) for k in range(9))  # 0.30 ... 0.70
+
+
+def choose_threshold(probabilities: np.ndarray, truth: np.ndarray, volumes: Sequence[str]) -> dict[str, float | str]:
+    """The mask threshold with the highest mean per-volume Dice on the validation split (the segmenter's operating
+    point, stored in the manifest and used by the node)."""
+    scored = {t: segmentation_metrics(probabilities > t, truth, volumes).volume_dice for t in OPERATING_THRESHOLDS}
+    best = max(scored, key=lambda t: (scored[t], -abs(t - 0.5)))
+    return {"threshold": best, "rule": "highest mean per-volume Dice on the validation split",
+            "val_volume_dice": float(scored[best])}
 
 
 def _volume_dice(predicted: torch.Tensor, truth: torch.Tensor) -> float:
@@ -146,9 +165,15 @@ def train_segmenter(
         run.end_epoch(val_dice, {"train_loss": train_loss, "val_dice": val_dice},
                       f"loss {train_loss:.4f} val_dice {val_dice:.4f}")
     run.finish()
+    val_x, val_m = tensors["val"]
+    chosen = choose_threshold(predict_probabilities(model, val_x, device)[:, 0].cpu().numpy(),
+                              val_m[:, 0].cpu().numpy().astype(bool), data["val"].volumes)
+    progress(f"[{config.name}] operating point: threshold {chosen['threshold']} ({chosen['rule']})")
     test_x, test_m = tensors["test"]
-    masks = predict_masks(model, test_x, device, config.threshold)[:, 0].cpu().numpy()
+    masks = predict_masks(model, test_x, device, float(chosen["threshold"]))[:, 0].cpu().numpy()
     metrics = segmentation_metrics(masks, test_m[:, 0].cpu().numpy().astype(bool), data["test"].volumes)
     write_json(out_dir / "metrics.json", {"test": metrics.to_dict(), "best_epoch": run.best_epoch,
-                                          "best_val_dice": run.best, "epochs": run.epoch, "train_seconds": run.spent})
-    return SegmenterResult(config, metrics, run.best_epoch, run.best, run.epoch, run.spent, run.best_path, masks)
+                                          "best_val_dice": run.best, "epochs": run.epoch, "train_seconds": run.spent,
+                                          "operating_point": chosen})
+    return SegmenterResult(config, metrics, run.best_epoch, run.best, run.epoch, run.spent, run.best_path, masks,
+                           chosen)

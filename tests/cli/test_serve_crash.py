@@ -136,7 +136,8 @@ def write_config(tmp_path: Path, port: int, data_dir: Path, **queue: object) -> 
     entries = "\n".join(f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {value}"
                          for key, value in {**QUEUE_DEFAULTS, **queue}.items()).replace("'", '"')
     config.write_text(f'[node]\nae_title = "DICOM_AI"\nbind = "127.0.0.1"\nport = {port}\n\n'
-                      f'[storage]\ndata_dir = "{data_dir}"\n\n[queue]\n{entries}\n')
+                      f'[storage]\ndata_dir = "{data_dir}"\n\n[queue]\n{entries}\n\n'
+                      '[http]\nenabled = false\n')
     return config
 
 
@@ -226,6 +227,12 @@ def test_kill_during_transfer_keeps_every_acknowledged_instance(node: ServedNode
             read = session.scalars(select(Event).where(Event.kind == "test.read", Event.study_uid == study_uid)).all()
         assert count is not None and count >= len(acknowledged)
         assert f'"instances": {count}' in read[-1].detail
+        # Its quiet period had passed while the node was down: it starts again at the restart.
+        with database.session() as session:
+            restarted, queued = (session.scalars(select(Event.at).where(Event.kind == kind,
+                                                                         Event.study_uid == study_uid)).first()
+                                 for kind in ("study.quiet_period_restarted", "job.queued"))
+        assert restarted is not None and queued is not None and (queued - restarted).total_seconds() >= 1.0
     finally:
         database.close()
     assert node.stop() == 0

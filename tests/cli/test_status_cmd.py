@@ -146,3 +146,24 @@ def test_status_shows_every_live_listener_and_a_killed_one_as_gone(tmp_path: Pat
     database.close()
     code, out = invoke("status", "--data-dir", str(tmp_path))
     assert code == 0 and "11112 - not running: its process is gone" in out
+
+
+def test_status_shows_the_free_space_of_the_data_directory(tmp_path: Path) -> None:
+    """Where spool, outbox and database live: when it is full, C-STOREs get 0xA700 and jobs wait for space."""
+    from tests.support.tmpfs import fill, mounted_tmpfs
+
+    with mounted_tmpfs(tmp_path / "data", "4m") as data_dir:
+        node = Database(f"sqlite:///{data_dir / 'dicom-ai.sqlite'}")  # the running node's
+        filler = fill(data_dir)
+        try:
+            code, out = invoke("status", "--data-dir", str(data_dir), "--json")
+        finally:
+            filler.unlink()
+            node.close()
+        assert code == 0, out
+        space = json.loads(out)["data_dir_space"]
+        assert space["path"] == str(data_dir) and space["free_bytes"] < 65536
+        assert 3_000_000 < space["total_bytes"] <= 4 * 1024 * 1024
+        code, out = invoke("status", "--data-dir", str(data_dir))
+        assert code == 0, out
+        assert f"Data directory: {data_dir} - " in out and " MB free of 4.2 MB" in out

@@ -160,6 +160,9 @@ def test_detect_starts_from_the_coco_backbone_on_standardised_copies_and_picks_a
     assert staged, "training reads standardised copies, not the source files"
     pixels = np.asarray(Image.open(staged[0]))
     assert pixels.ndim == 2 and np.percentile(pixels, 0.5) <= 1 and np.percentile(pixels, 99.5) >= 254
+    again = invoke("train", "detect", "--folder", data, "--out", run, "--arch", "yolov5n", "--input-size", 64,
+                   "--epochs", 1, "--batch", 4, "--workers", 0, "--device", "cpu", "--resume")
+    assert "is a finished run: scoring it again" in again  # a campaign run again skips what has finished
     output = invoke("train", "install-run", run, "--name", "squares", "--models", models, "--version", "t2",
                     "--note", "toy squares")
     spec = read_manifest(models)["squares"]

@@ -24,6 +24,13 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _checkout_first() -> dict[str, str]:
+    """The environment for a `dicom-ai` child: this checkout's package first on its path (the venv's editable
+    install may point at another checkout of the repository, e.g. a git worktree's main)."""
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT) + (os.pathsep + path if path else "")}
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -54,17 +61,19 @@ class ServedNode:
         self.port = port or free_port()
         self.data_dir = directory / "data"
         directory.mkdir(parents=True, exist_ok=True)
+        self.http_port = free_port()  # the dashboard / API / metrics (dicom_ai.web), never the default 8080
         tables = {"node": {"ae_title": ae_title, "bind": "127.0.0.1", "port": self.port},
-                  "storage": {"data_dir": str(self.data_dir)}}
+                  "storage": {"data_dir": str(self.data_dir)}, "http": {"port": self.http_port}}
         for table, values in config.items():
             tables[table] = {**tables.get(table, {}), **values}
+        self.http_enabled = bool(tables["http"].get("enabled", True))
         self.config_path = directory / "config.toml"
         write_toml(self.config_path, tables)
         self.log_path = directory / "serve.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "YOLO_OFFLINE": "1"}
+        env = {**_checkout_first(), "PYTHONUNBUFFERED": "1", "YOLO_OFFLINE": "1"}
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([DICOM_AI, "serve", "--config", str(self.config_path)], stdout=log,
                                             stderr=subprocess.STDOUT, env=env, cwd=REPO_ROOT)
@@ -72,7 +81,7 @@ class ServedNode:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"dicom-ai serve exited with {self.process.returncode}:\n{self.log()}")
-            if self._listening():
+            if self._listening() and self._http_answers():
                 return
             time.sleep(0.1)
         self.stop()
@@ -110,6 +119,16 @@ class ServedNode:
             return False
         return row is not None and row[0] == self.port
 
+    def _http_answers(self) -> bool:
+        """The HTTP side starts after the listener (a probe of it is no DICOM client)."""
+        if not self.http_enabled:
+            return True
+        try:
+            with socket.create_connection(("127.0.0.1", self.http_port), timeout=1):
+                return True
+        except OSError:
+            return False
+
     def stop(self, timeout: float = 60.0) -> int | None:
         if self.process is None:
             return None
@@ -130,4 +149,4 @@ class ServedNode:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Run `dicom-ai ARGS --config <this node's config>` (status, audit, retry, outbox ...)."""
         return subprocess.run([DICOM_AI, *args, "--config", str(self.config_path)], capture_output=True, text=True,
-                              timeout=120, cwd=REPO_ROOT)
+                              timeout=120, cwd=REPO_ROOT, env=_checkout_first())

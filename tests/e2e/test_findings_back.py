@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import highdicom as hd
@@ -63,6 +64,17 @@ def models_for_the_node(directory: Path) -> Path:
     return directory
 
 
+def node_sending_to(pacs: OrthancNode, root: Path, port: int) -> ServedNode:
+    """`dicom-ai serve` in `root/node` on `port` with the real pipeline, its results going back to `pacs`."""
+    return ServedNode(root / "node", {
+        "nodes.PACS": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port},
+        "queue": {"stable_after_seconds": 1.0, "poll_seconds": 0.2},
+        "send": {"poll_seconds": 0.2, "backoff_initial_seconds": 1, "backoff_max_seconds": 5},
+        "pipeline": {"device": "cpu", "models_dir": str(models_for_the_node(root / "models")),
+                     "routing_file": str(REPO_ROOT / "models" / "routing.toml")},
+    }, port=port)
+
+
 @dataclass
 class Deployment:
     pacs: OrthancNode
@@ -109,13 +121,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     pacs = OrthancNode(root / "orthanc", modalities={"DICOM_AI": ("DICOM_AI", "127.0.0.1", node_port)},
                        dicomweb=True)
     pacs.start()
-    node = ServedNode(root / "node", {
-        "nodes.PACS": {"ae_title": pacs.ae_title, "host": "127.0.0.1", "port": pacs.dicom_port},
-        "queue": {"stable_after_seconds": 1.0, "poll_seconds": 0.2},
-        "send": {"poll_seconds": 0.2, "backoff_initial_seconds": 1, "backoff_max_seconds": 5},
-        "pipeline": {"device": "cpu", "models_dir": str(models_for_the_node(root / "models")),
-                     "routing_file": str(REPO_ROOT / "models" / "routing.toml")},
-    }, port=node_port)
+    node = node_sending_to(pacs, root, node_port)
     deployment = Deployment(pacs, node)
     try:
         node.start()

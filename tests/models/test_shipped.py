@@ -23,12 +23,19 @@ TOLERANCE = 0.03
 
 @pytest.fixture(scope="module")
 def registry() -> ModelRegistry:
-    return ModelRegistry(MODELS, device="cpu")
+    return ModelRegistry(MODELS, device="cpu", enabled_below_minimum=SHIPPED)  # scored whatever their gate says
 
 
 def test_every_pipeline_node_with_open_data_ships_weights(registry: ModelRegistry) -> None:
-    assert set(SHIPPED) >= {"modality", "xray_bodypart", "mri_planes", "lgg", "brain_tumor_det", "fracatlas"}
+    assert set(SHIPPED) >= {"modality", "xray_bodypart", "mri_planes", "mri_region", "lgg", "brain_tumor_det",
+                            "fracatlas"}
     assert all(status.state == "available" for status in registry.status()), registry.status()
+    for name in SHIPPED:  # every shipped model has a quality gate, and is disabled by default exactly below it
+        spec = registry.spec(name)
+        assert spec.minimum, f"{name}: no minimum in the manifest"
+        state = ModelRegistry(MODELS, device="cpu").status()
+        [row] = [s for s in state if s.name == name]
+        assert (row.state == "below-minimum") == bool(spec.below_minimum()), row
     total = sum(registry.spec(name).weights_path(MODELS).stat().st_size for name in SHIPPED)
     assert total <= 120 * 1024 * 1024, f"bundled weights {total / 2**20:.1f} MiB > 120 MiB"
 

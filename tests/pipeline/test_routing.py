@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import tomllib
 from pathlib import Path
 
@@ -91,12 +93,15 @@ def test_agreement_is_decided_without_flag(tree) -> None:
 
 
 def test_disagreement_above_threshold_is_flagged_and_policy_decides(tree) -> None:
-    node = tree.node("modality")  # prefer = classifier
+    node = tree.node("modality")  # prefer = header: a specific Modality decides, a confident classifier is flagged
     head = Evidence("header", "CT", None, "Modality (0008,0060) = CT")
     pixels = _classifier(node, CT=0.05, MR=0.9, US=0.03, XR=0.02)
     decision = decide(node, head, pixels, None)
-    assert decision.disagreement and decision.label == "MR" and decision.decided_by == "classifier"
+    assert decision.disagreement and decision.label == "CT" and decision.decided_by == "header"
     assert {e.source: e.label for e in decision.evidence} == {"header": "CT", "classifier": "MR"}
+    classifier_first = dataclasses.replace(node, prefer="classifier")  # a routing file may still choose this
+    decision = decide(classifier_first, head, pixels, None)
+    assert decision.disagreement and decision.label == "MR" and decision.decided_by == "classifier"
     header_first = tree.node("mri_plane")  # prefer = header
     decision = decide(header_first, Evidence("header", "axial", 1.0, "IOP"),
                       _classifier(header_first, axial=0.1, sagittal=0.85, coronal=0.05), None)
@@ -107,8 +112,15 @@ def test_difference_below_threshold_is_not_flagged(tree) -> None:
     node = tree.node("modality")
     decision = decide(node, Evidence("header", "CT", None, "CT"), _classifier(node, CT=0.4, MR=0.6, US=0.0, XR=0.0),
                       None)
-    assert not decision.disagreement and decision.label == "MR"
+    assert not decision.disagreement and decision.label == "CT"
     assert "below the disagreement threshold" in decision.message
+
+
+def test_every_node_of_the_shipped_tree_lets_a_specific_header_decide(tree) -> None:
+    assert {name: node.prefer for name, node in tree.nodes.items()} == dict.fromkeys(tree.nodes, "header")
+    generic = decide(tree.node("modality"), Evidence("header", None, None, "Modality (0008,0060) = OT (not mapped)"),
+                     _classifier(tree.node("modality"), CT=0.1, MR=0.8, US=0.05, XR=0.05), None)
+    assert (generic.label, generic.decided_by) == ("MR", "classifier")
 
 
 def test_missing_model_with_informative_header_is_a_header_only_decision(tree) -> None:

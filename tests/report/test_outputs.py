@@ -186,3 +186,32 @@ def test_a_series_with_only_routing_gets_a_report_and_a_key_image(report_cases: 
     outputs = build_outputs(case.sources, StudyFindings(case.findings.study_instance_uid, (bare,), "", ""))
     assert [ds.SOPClassUID.name for ds in outputs] == ["Comprehensive 3D SR Storage",
                                                        "Secondary Capture Image Storage"]
+
+
+def test_a_reanalysis_keeps_each_result_series_and_its_new_srs_name_the_ones_they_supersede(
+        report_cases: dict[str, ReportCase]) -> None:
+    """The study was first analysed with 4 of its 6 slices (e.g. after a crash cut the transfer): the full study's
+    results go into the same series, with new SOP Instance UIDs, and each SR names the partial one."""
+    from tests.report.inputs import threshold_findings
+
+    case = report_cases["MR"]
+    partial_sources = case.sources[:4]
+    partial = build_outputs(partial_sources, threshold_findings(partial_sources, region="brain", plane="axial",
+                                                                label="tumour", percentile=99), now=NOW)
+    full = build_outputs(case.sources, case.findings, now=NOW, previous=partial)
+    assert [ds.SeriesInstanceUID for ds in full] == [ds.SeriesInstanceUID for ds in partial]
+    assert not {ds.SOPInstanceUID for ds in full} & {ds.SOPInstanceUID for ds in partial}
+    reports = [(old, new) for old, new in zip(partial, full, strict=True) if new.SOPClassUID.name.endswith("SR Storage")]
+    assert len(reports) == 2  # the complete SR and the boxes SR
+    for old, new in reports:
+        [study] = new.PredecessorDocumentsSequence
+        [series] = study.ReferencedSeriesSequence
+        [sop] = series.ReferencedSOPSequence
+        assert (study.StudyInstanceUID, series.SeriesInstanceUID) == (old.StudyInstanceUID, old.SeriesInstanceUID)
+        assert (sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID) == (old.SOPClassUID, old.SOPInstanceUID)
+    assert all("PredecessorDocumentsSequence" not in ds for ds in partial)
+    # Built again (a retry), the same SR names the same predecessor: same UID, same content.
+    again = build_outputs(case.sources, case.findings, now=NOW, previous=[*partial, *full])
+    assert [ds.SOPInstanceUID for ds in again] == [ds.SOPInstanceUID for ds in full]
+    assert [ds.get("PredecessorDocumentsSequence") for ds in again] == [ds.get("PredecessorDocumentsSequence")
+                                                                         for ds in full]

@@ -28,7 +28,7 @@ def test_an_unknown_sender_is_reported_with_what_to_do() -> None:
     assert [d.name for d in plan.destinations] == ["ARCHIVE"]
     assert plan.unresolved_sender == "CT_SCANNER"
     assert "'CT_SCANNER' is not in [nodes]" in plan.unresolved_reason
-    assert "retry --outbox" in plan.unresolved_reason
+    assert "send.to_sender = false" in plan.unresolved_reason and "retry --study" in plan.unresolved_reason
 
 
 def test_a_missing_calling_ae_is_unresolved_too() -> None:

@@ -75,6 +75,7 @@ def site(tmp_path: Path) -> Iterator[Site]:
         "storage": {"data_dir": str(tmp_path / "node")},
         "queue": {"stable_after_seconds": 0.3, "poll_seconds": 0.05, "heartbeat_seconds": 1, "lease_seconds": 10},
         "send": {"poll_seconds": 0.05, "backoff_initial_seconds": 0.2, "backoff_max_seconds": 0.5},
+        "http": {"port": 0},  # any free port: never the default 8080
     })
     site = Site(pacs, settings)
     try:

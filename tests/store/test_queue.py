@@ -108,6 +108,23 @@ def test_study_becomes_stable_only_after_the_quiet_period(database: Database, qu
     assert "study.state" in event_kinds(database) and "job.queued" in event_kinds(database)
 
 
+def test_a_study_still_receiving_at_start_up_gets_a_fresh_quiet_period(database: Database, queue: JobQueue,
+                                                                      instance_factory: Factory,
+                                                                      clock: Clock) -> None:
+    """The node was killed during a transfer and is started again an hour later: the sender could not send
+    meanwhile, so the partial study must not count as complete at once."""
+    receive(database, instance_factory, clock)
+    clock.advance(3600)
+    assert queue.restart_quiet_periods() == [STUDY]
+    assert queue.enqueue_stable_studies() == []
+    assert queue.seconds_until_quiet(5) == 5 and queue.study_to_analyse_ahead(0.5, {}) is None
+    clock.advance(4.9)
+    assert queue.enqueue_stable_studies() == []
+    clock.advance(0.1)
+    assert len(queue.enqueue_stable_studies()) == 1
+    assert "study.quiet_period_restarted" in event_kinds(database)
+
+
 def test_claim_gives_instances_and_complete_marks_done(database: Database, queue: JobQueue,
                                                        instance_factory: Factory, clock: Clock) -> None:
     job_id = stable_job(database, queue, instance_factory, clock)
@@ -126,16 +143,20 @@ def test_claim_gives_instances_and_complete_marks_done(database: Database, queue
         queue.complete(job_id, "w1")
 
 
-def test_failed_attempts_are_retried_after_a_delay_then_fail(database: Database, queue: JobQueue,
-                                                             instance_factory: Factory, clock: Clock) -> None:
+def test_failed_attempts_are_retried_after_a_doubling_delay_then_fail(database: Database, queue: JobQueue,
+                                                                      instance_factory: Factory,
+                                                                      clock: Clock) -> None:
+    """retry_delay_seconds (10 here) after the first failure, twice that after the second: a passing condition
+    (a full disk, say) does not use up every attempt within seconds."""
     job_id = stable_job(database, queue, instance_factory, clock)
-    for attempt in (1, 2):
+    for attempt, delay in ((1, 10), (2, 20)):
         claim = queue.claim("w1")
         assert claim is not None and claim.attempt == attempt
         assert queue.fail(job_id, "w1", f"boom {attempt}") == JobState.QUEUED
         assert study_state(database) == StudyState.QUEUED
+        clock.advance(delay - 0.1)
         assert queue.claim("w1") is None  # not before the retry delay
-        clock.advance(10)
+        clock.advance(0.1)
     assert queue.claim("w1") is not None
     assert queue.fail(job_id, "w1", "boom 3") == JobState.FAILED
     row = job_row(database, job_id)

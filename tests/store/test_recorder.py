@@ -193,3 +193,30 @@ def test_unwritable_journal_is_reported_not_swallowed(database: Database, tmp_pa
     with pytest.raises(JournalUnavailable, match="spool journal"):
         recorder.submit(None, instance_factory())
     assert recorder.pending_path("1.2.3") is None
+
+
+def test_a_database_on_a_full_disk_is_logged_once_while_its_rows_wait_in_the_journal(
+        tmp_path: Path, instance_factory: Factory, caplog: pytest.LogCaptureFixture) -> None:
+    from tests.support.tmpfs import fill, mounted_tmpfs
+    from tests.support.waiting import wait_for
+
+    with mounted_tmpfs(tmp_path / "data", "4m") as data_dir:
+        database = Database(f"sqlite:///{data_dir / 'dicom-ai.sqlite'}")
+        recorder = InstanceRecorder(database, tmp_path / "spool")
+        recorder.start()
+        try:
+            with caplog.at_level("INFO", logger="dicom_ai.store.recorder"):
+                filler = fill(data_dir)
+                instance = spooled(instance_factory(), tmp_path / "spool")
+                recorder.submit(None, instance)
+                time.sleep(2.0)  # the commit is tried at least three times meanwhile
+                assert not recorder.accepting and instance.sop_instance_uid not in rows(database)
+                filler.unlink()
+                wait_for(lambda: instance.sop_instance_uid in rows(database))  # at the next retry
+            assert [(r.levelname, r.exc_info is None) for r in caplog.records] == [("ERROR", True),
+                                                                                  ("WARNING", True)]
+            assert "disk full" in caplog.records[0].getMessage()
+            assert "works again" in caplog.records[1].getMessage()
+        finally:
+            recorder.stop()
+            database.close()

@@ -79,3 +79,15 @@ def test_epoch_budget_shrinks_the_plan_to_the_time_left() -> None:
     assert budget.planned == 5
     assert budget.lr_factor(0.5) == pytest.approx(0.5)
     assert budget.lr_factor(5.0) == pytest.approx(0.01)
+
+
+def test_the_segmenter_threshold_is_the_one_with_the_best_validation_volume_dice() -> None:
+    from dicom_ai.train.segment import choose_threshold
+
+    truth = np.zeros((4, 8, 8), dtype=bool)
+    truth[:, 2:6, 2:6] = True
+    probabilities = np.where(truth, 0.42, 0.1)  # the tumour sits at 0.42: only thresholds below it find it
+    probabilities[:, 0, 0] = 0.36  # one false positive pixel per slice that a threshold of 0.35 would keep
+    chosen = choose_threshold(probabilities, truth, ["a", "a", "b", "b"])
+    assert chosen["threshold"] == 0.4 and chosen["val_volume_dice"] == 1.0
+    assert "validation" in str(chosen["rule"])

@@ -14,6 +14,7 @@ from sqlalchemy import create_engine
 # Import every module that declares tables, so autogenerate sees the whole schema. Other stages append theirs.
 import dicom_ai.store.models  # noqa: F401
 import dicom_ai.store.outbox_model  # noqa: F401  (send stage: the outbox table)
+import dicom_ai.store.controls  # noqa: F401  (operating surface: pause / resume switches)
 from dicom_ai.store.models import Base, UtcDateTime
 
 target_metadata = Base.metadata

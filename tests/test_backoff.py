@@ -1,10 +1,10 @@
-"""Exponential backoff between failed delivery attempts."""
+"""Exponential backoff between failed attempts (deliveries and jobs)."""
 
 from __future__ import annotations
 
 import pytest
 
-from dicom_ai.send.backoff import backoff_delay
+from dicom_ai.backoff import backoff_delay
 
 
 def test_delay_doubles_after_each_failure_from_the_initial_value() -> None:

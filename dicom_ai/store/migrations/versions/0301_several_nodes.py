@@ -1,7 +1,7 @@
 """Several processes on several hosts: node runs name their roles and can be marked dead; outbox rows are claimed
 with a lease by one sender; a study is analysed ahead by one worker per state, recorded in its row.
 
-Revision ID: 0201_several_nodes
+Revision ID: 0301_several_nodes
 Revises: 0101_outbox
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = '0201_several_nodes'
+revision: str = '0301_several_nodes'
 down_revision: str | Sequence[str] | None = '0101_outbox'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

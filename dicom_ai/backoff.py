@@ -1,5 +1,6 @@
-"""When to try a failed delivery again: exponential backoff between `send.backoff_initial_seconds` and
-`send.backoff_max_seconds`."""
+"""When to try again after a failure: exponential backoff, for deliveries (`send.backoff_initial_seconds` ..
+`send.backoff_max_seconds`, dicom_ai.send.outbox) and for job attempts (`queue.retry_delay_seconds` ..
+`queue.retry_delay_max_seconds`, dicom_ai.store.queue)."""
 
 from __future__ import annotations
 

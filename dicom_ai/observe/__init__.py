@@ -1,0 +1,1 @@
+"""Observing the running node: Prometheus metrics (`metrics`, `collector`) and health checks (`health`)."""
