@@ -89,6 +89,7 @@ class Cluster:
                 "storage": {"data_dir": str(self.shared),
                             "database_url": self.database_url.replace("@127.0.0.1:", f"@{here}:")},
                 "queue": QUEUE, "send": SEND,
+                "http": {"enabled": False},  # several processes share a host here; the HTTP side has its own tests
                 "nodes.PACS": {"ae_title": self.pacs.ae_title, "host": here, "port": self.pacs.dicom_port},
             })
         return path
