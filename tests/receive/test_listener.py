@@ -158,7 +158,9 @@ def test_malformed_or_mismatched_dataset_is_refused_and_nothing_written(
     assert len(refused) == 1 and f"0x{status:04X}" in refused[0].detail
     written = {p.relative_to(tmp_path / "node") for p in (tmp_path / "node").rglob("*") if p.is_file()}
     assert all(p.name.startswith("dicom-ai.sqlite") for p in written), written
-    assert not any(p.name == "etc" for p in tmp_path.parent.rglob("etc"))
+    # nothing escaped the data directory: "../../etc" from the spool's study folder would land here
+    assert not (tmp_path / "etc").exists() and not (tmp_path.parent / "etc").exists()
+    assert not any(tmp_path.rglob("etc"))
 
 
 @pytest.mark.parametrize(("policy", "second_status", "kept"), [

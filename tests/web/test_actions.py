@@ -14,6 +14,7 @@ from dicom_ai.observe.health import Readiness
 from dicom_ai.send.destinations import plan_delivery
 from dicom_ai.send.outbox import Outbox
 from dicom_ai.store.database import Database, open_database
+from dicom_ai.store.outbox_model import OutboxState
 from dicom_ai.web import WebContext, create_app
 from tests.send.objects import result_dataset
 from tests.support.queueing import OTHER_STUDY, STUDY, events, fast_queue, job_state, queued_study, record_study
@@ -22,8 +23,9 @@ from tests.web.site import PASSWORDS, web_settings
 
 @pytest.fixture()
 def site(tmp_path: Path) -> Iterator[tuple[TestClient, Database, int]]:
-    """A failed job of STUDY, OTHER_STUDY still receiving, and one dead letter (its sender is not in [nodes])."""
-    settings = web_settings(tmp_path / "data")
+    """A failed job of STUDY, OTHER_STUDY still receiving, and one dead letter (its PACS refused it)."""
+    settings = web_settings(tmp_path / "data",
+                            nodes={"MRI": {"ae_title": "MRI", "host": "127.0.0.1", "port": 1}})
     settings.storage.data_dir.mkdir(parents=True)
     database = open_database(settings.storage)
     queue = fast_queue(database, max_attempts=1)
@@ -31,8 +33,10 @@ def site(tmp_path: Path) -> Iterator[tuple[TestClient, Database, int]]:
     assert queue.claim("host:1:w0") is not None
     queue.fail(job_id, "host:1:w0", "RuntimeError: model weights missing")
     record_study(database, OTHER_STUDY)
-    Outbox.for_node(settings, database).enqueue([result_dataset(f"{STUDY}.99.1")], plan_delivery(settings, "MRI"),
-                                                 study_uid=STUDY)
+    outbox = Outbox.for_node(settings, database)
+    outbox.enqueue([result_dataset(f"{STUDY}.99.1")], plan_delivery(settings, "MRI"), study_uid=STUDY)
+    [claimed] = outbox.claim_due()
+    assert outbox.record_failure(claimed, "association rejected", final=True) == OutboxState.DEAD
     readiness = Readiness(database, settings.storage.data_dir, 0, lambda: True, lambda: True)
     with TestClient(create_app(WebContext(settings, database, readiness))) as client:
         client.get("/login")
