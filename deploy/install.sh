@@ -19,7 +19,8 @@ done
 
 apt_packages=(openssl)
 if [ "$with_tests" = 1 ]; then
-  apt_packages+=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium fonts-dejavu-core postgresql prometheus systemd docker-compose)
+  apt_packages+=(dcmtk dicom3tools orthanc orthanc-dicomweb chromium fonts-dejavu-core postgresql prometheus systemd docker-compose
+                 iproute2)  # iproute2: `ip netns` for the multi-host tests (tests/cli/test_serve_hosts.py)
 fi
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
