@@ -204,6 +204,8 @@ class SendSettings(_Section):
     backoff_max_seconds: float = Field(600.0, gt=0)
     timeout_seconds: float = Field(30.0, gt=0, description="connect, association and C-STORE response timeout")
     poll_seconds: float = Field(1.0, gt=0, description="how often the idle dispatcher looks for due deliveries")
+    lease_seconds: float = Field(120.0, gt=0, description="a sender holds the rows it sends this long, renewed while "
+                                                          "it sends; a dead sender's rows are sent again after it")
 
     @model_validator(mode="after")
     def _backoff_range(self) -> "SendSettings":

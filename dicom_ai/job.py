@@ -32,7 +32,7 @@ from dicom_ai.send.outbox import part10_summary
 from dicom_ai.send.sender import ResultSender
 from dicom_ai.store.database import Database
 from dicom_ai.store.previews import save_previews
-from dicom_ai.store.records import ClaimedJob, JobInstance, ReceivingStudy
+from dicom_ai.store.records import ClaimedJob, JobFence, JobInstance, ReceivingStudy
 from dicom_ai.store.results import BUILT_EVENT, results_built
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class StudyJob:
     instances: tuple[JobInstance, ...]
     _database: Database = field(repr=False, compare=False)
     _stop: threading.Event = field(repr=False, compare=False, default_factory=threading.Event)
+    worker_id: str = ""  # the lease holder (host:pid:thread); with `attempt`, the fence its results are queued under
 
     def record(self, kind: str, detail: str | dict[str, Any] = "") -> None:
         """Add an event (e.g. "pipeline.routed", "send.stored") to this study's audit trail."""
@@ -81,11 +82,16 @@ class StudyJob:
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def fence(self) -> JobFence | None:
+        """Results may be queued only while this holds (None: the job was not claimed from the queue)."""
+        return JobFence(self.job_id, self.worker_id, self.attempt) if self.worker_id else None
+
     @classmethod
     def from_claim(cls, claim: ClaimedJob, database: Database) -> StudyJob:
         return cls(job_id=claim.job_id, study_uid=claim.study_uid, attempt=claim.attempt,
                    max_attempts=claim.max_attempts, calling_ae=claim.calling_ae, instances=claim.instances,
-                   _database=database)
+                   _database=database, worker_id=claim.worker_id)
 
 
 StudyHandler = Callable[[StudyJob], None]
@@ -224,8 +230,9 @@ def _queue_outputs(job: StudyJob, sender: ResultSender, outputs: Sequence[Datase
                                          for ds in headers]})
     if not outputs:
         return
+    submitted = sender.submit(outputs, study_uid=job.study_uid, calling_ae=job.calling_ae, job_id=job.job_id,
+                              fence=job.fence)  # LeaseLost when this worker no longer holds the job: nothing kept
     save_previews(sender.settings.storage.data_dir, job.study_uid, outputs)  # the dashboard's key-image thumbnails
-    submitted = sender.submit(outputs, study_uid=job.study_uid, calling_ae=job.calling_ae, job_id=job.job_id)
     job.record("send.submitted", submitted.summary)
 
 

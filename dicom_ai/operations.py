@@ -19,6 +19,7 @@ from dicom_ai.store.database import Database
 from dicom_ai.store.health import DiskSpace, disk_space
 from dicom_ai.store.outbox_model import OutboxState
 from dicom_ai.store.overview import NodeStatus, node_status, to_jsonable
+from dicom_ai.store.node_runs import dead_after
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.records import CompletionResult
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 STATUS_JSON_KEYS = ("configured_listener", "listener", "schema_version", "queue_depth", "jobs_by_state",
                     "studies_by_state", "running_jobs", "failed_jobs", "recent_studies", "models", "outbox",
-                    "controls", "listeners", "data_dir_space")
+                    "controls", "listeners", "data_dir_space", "processes")
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class StatusView:
 def node_status_view(settings: Settings, database: Database, *, recent: int = 10,
                      registry: ModelRegistry | None = None) -> StatusView:
     """`registry`: a running node's own, whose weights' checksums are then not computed again."""
-    snapshot = node_status(database, recent=recent)
+    snapshot = node_status(database, recent=recent, stale_after=dead_after(settings.queue.heartbeat_seconds))
     outbox = Outbox.for_node(settings, database).overview()
     configured = {"ae_title": settings.node.ae_title, "bind": settings.node.bind, "port": settings.node.port,
                   "tls": settings.tls.enabled}

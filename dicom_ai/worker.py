@@ -11,7 +11,6 @@ such conditions are logged once per change (dicom_ai.store.health), not once per
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import socket
@@ -33,8 +32,6 @@ from dicom_ai.store.stability import WAKE_MARGIN_SECONDS
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-ANALYSED_AHEAD_REMEMBERED = 1000  # studies whose analysis ahead the worker remembers (then it forgets them all)
 
 
 def default_worker_name() -> str:
@@ -79,7 +76,6 @@ class Worker:
         self._held: dict[int, _Held] = {}
         self._held_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._analysed_ahead: dict[str, dt.datetime] = {}  # study UID -> last_received_at when analysed ahead
         self.warmed = threading.Event()  # the handler's warm-up ended (or there is none): /readyz's "models" check
 
     # -- life cycle ----------------------------------------------------------------------------------------
@@ -174,23 +170,22 @@ class Worker:
         quiet_seconds = self.queue.settings.analyse_ahead_after_seconds
         if not quiet_seconds:
             return poll
-        due = self.queue.seconds_until_quiet(quiet_seconds, self._analysed_ahead)
+        due = self.queue.seconds_until_quiet(quiet_seconds, unclaimed=True)
         return min(poll, quiet_seconds if due is None else due + WAKE_MARGIN_SECONDS)
 
     def analyse_ahead_once(self, analyse: Callable[[ReceivingStudy, AheadControl], None]) -> bool:
         """With no job to run: hand the receiving study that will be stable soonest, once it has been quiet for
-        `queue.analyse_ahead_after_seconds`, to the handler's `analyse_ahead`, once per state of the study. It gives
+        `queue.analyse_ahead_after_seconds`, to the handler's `analyse_ahead`, once per state of the study (decided in
+        the database: one worker process on any host per state, see `JobQueue.study_to_analyse_ahead`). It gives
         way between series when another study's job is due, the study receives another instance (it is analysed
         again once quiet), or the node stops. False when there was nothing to do."""
         quiet_seconds = self.queue.settings.analyse_ahead_after_seconds
         if not quiet_seconds:
             return False
-        study = self.queue.study_to_analyse_ahead(quiet_seconds, self._analysed_ahead)
+        # Claimed in the study's row: one worker process, on any host, analyses a study ahead in one state.
+        study = self.queue.study_to_analyse_ahead(quiet_seconds, claimant=self.name)
         if study is None:
             return False
-        if len(self._analysed_ahead) >= ANALYSED_AHEAD_REMEMBERED:
-            self._analysed_ahead.clear()
-        self._analysed_ahead[study.study_uid] = study.last_received_at
         if not study.instances:
             return False
 
@@ -208,7 +203,7 @@ class Worker:
     def run_once(self, worker_id: str | None = None) -> bool:
         """Claim one due job and run the handler on it; False when there was none."""
         worker_id = worker_id or f"{self.name}:once"
-        claim = self.queue.claim(worker_id)
+        claim = self.queue.claim(worker_id, prefer_ahead_by=self.name)
         if claim is None:
             return False
         job = StudyJob.from_claim(claim, self.queue.database)
@@ -227,6 +222,9 @@ class Worker:
         started = time.perf_counter()
         try:
             self.handler(job)
+        except LeaseLost as lost:  # fenced: the handler tried to queue results for a job it no longer holds
+            self._discard(job, worker_id, lost)
+            return
         except Exception as exc:
             metrics.job_stage("total", time.perf_counter() - started)
             metrics.JOBS_FINISHED.labels(outcome="stopped" if self._stopping.is_set() else "failed").inc()
@@ -251,12 +249,17 @@ class Worker:
         metrics.job_stage("total", time.perf_counter() - started)
         metrics.JOBS_FINISHED.labels(outcome="done").inc()
         try:
-            self._write_outcome(job, lambda: self.queue.complete(job.job_id, worker_id))
+            self._write_outcome(job, lambda: self.queue.complete(job.job_id, worker_id, job.attempt))
             log.info("job %d: done (study %s)", job.job_id, job.study_uid)
         except LeaseLost as lost:
-            # Someone else holds (or will re-run) the job now; its outcome is theirs to record.
-            log.error("job %d finished after its lease was lost: %s", job.job_id, lost)
-            job.record("job.result_discarded", {"worker": worker_id, "reason": str(lost)})
+            self._discard(job, worker_id, lost)
+
+    @staticmethod
+    def _discard(job: StudyJob, worker_id: str, lost: LeaseLost) -> None:
+        # Someone else holds (or will re-run) the job now; its outcome is theirs to record.
+        log.error("job %d: attempt %d finished after its lease was lost; nothing of it is kept: %s", job.job_id,
+                  job.attempt, lost)
+        job.record("job.result_discarded", {"worker": worker_id, "attempt": job.attempt, "reason": str(lost)})
 
     def _write_outcome(self, job: StudyJob, write: Callable[[], _T]) -> _T:
         """`write` a job's outcome (queue.fail / queue.complete), trying again every `queue.poll_seconds` while the

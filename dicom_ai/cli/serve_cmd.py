@@ -14,7 +14,7 @@ import typer
 from dicom_ai.cli.app import ConfigOption, DataDirOption, app, settings_or_exit
 from dicom_ai.config import ConfigError
 from dicom_ai.logs import configure_logging
-from dicom_ai.node import Node
+from dicom_ai.node import Node, parse_roles
 from dicom_ai.observe.systemd import notify
 
 log = logging.getLogger("dicom_ai.serve")
@@ -33,8 +33,17 @@ def serve(
         "--log-format", help="text or json: one JSON object per line (logging.format).")] = None,
     log_file: Annotated[Optional[Path], typer.Option(
         "--log-file", help="Append the log to this file instead of stderr (logging.file).")] = None,
+    role: Annotated[str, typer.Option(
+        "--role", envvar="DICOM_AI_ROLE",
+        help="What this process runs: all (the single node), or one or more of listener, worker, sender, monitor "
+             "separated by commas; several processes and hosts share one PostgreSQL database and one spool.")] = "all",
 ) -> None:
     """Receive studies, analyse each once it is complete, and record everything; stop with Ctrl-C or SIGTERM."""
+    try:
+        roles = parse_roles(role)
+    except ValueError as exc:
+        typer.echo(f"error: --role: {exc}", err=True)
+        raise typer.Exit(2) from None
     settings = settings_or_exit(config, {
         ("node", "ae_title"): ae_title, ("node", "port"): port, ("node", "bind"): bind,
         ("storage", "data_dir"): str(data_dir) if data_dir else None,
@@ -46,7 +55,7 @@ def serve(
     except OSError as exc:
         typer.echo(f"error: logging.file: cannot write {settings.logging.file} ({exc.strerror or exc})", err=True)
         raise typer.Exit(2) from None
-    node = Node(settings)
+    node = Node(settings, roles=roles)
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:

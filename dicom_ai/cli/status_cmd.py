@@ -99,17 +99,32 @@ def status(config: ConfigOption = None, data_dir: DataDirOption = None, as_json:
                       f"{escape(control.changed_by)}{': ' + escape(control.reason) if control.reason else ''}")
 
 
+def _state_text(process: ListenerStatus) -> str:
+    if process.state == ListenerState.RUNNING:
+        return f"[green]running[/] since {_when(process.started_at)}"
+    if process.state == ListenerState.STOPPED:
+        return f"[yellow]stopped[/] at {_when(process.stopped_at)}"
+    if process.state == ListenerState.GONE:
+        return "[red]not running[/]: its process is gone without recording a stop (killed or crashed)"
+    if process.state == ListenerState.DEAD:
+        return (f"[red]dead[/] (no heartbeat since {_when(process.last_seen_at)}, marked at "
+                f"{_when(process.marked_dead_at)}; its jobs are reclaimed when their leases expire)")
+    return f"[red]not responding[/] (last seen {_when(process.last_seen_at)}; hung, or killed on its host?)"
+
+
 def _listener_line(listener: ListenerStatus) -> str:
-    if listener.state == ListenerState.RUNNING:
-        state = f"[green]running[/] since {_when(listener.started_at)}"
-    elif listener.state == ListenerState.STOPPED:
-        state = f"[yellow]stopped[/] at {_when(listener.stopped_at)}"
-    elif listener.state == ListenerState.GONE:
-        state = "[red]not running[/]: its process is gone without recording a stop (killed or crashed)"
-    else:
-        state = f"[red]not responding[/] (last seen {_when(listener.last_seen_at)}; hung, or killed on its host?)"
     return (f"Listener: {escape(listener.ae_title)} on {escape(listener.bind)}:{listener.port}"
-            f"{' (TLS)' if listener.tls else ''} - {state} (pid {listener.pid} on {escape(listener.hostname)})")
+            f"{' (TLS)' if listener.tls else ''} - {_state_text(listener)} (pid {listener.pid} on "
+            f"{escape(listener.hostname)})")
+
+
+def _processes_table(processes: list[ListenerStatus]) -> Table:
+    rows = table("roles", "host", "pid", "listening", "last heartbeat", "state", title="Processes")
+    for process in processes:
+        rows.add_row(process.roles, literal(process.hostname), str(process.pid),
+                     f"{escape(process.bind)}:{process.port}" if process.port else "-", _when(process.last_seen_at),
+                     _state_text(process))
+    return rows
 
 
 def _print_status(snapshot: NodeStatus, configured: dict[str, Any], models: dict[str, Any], verbose: bool) -> None:
@@ -122,6 +137,8 @@ def _print_status(snapshot: NodeStatus, configured: dict[str, Any], models: dict
                  + ", ".join(f"{k} {v}" for k, v in snapshot.jobs_by_state.items())
                  + "   studies: " + ", ".join(f"{k} {v}" for k, v in snapshot.studies_by_state.items()))
     tables = []
+    if len(snapshot.processes) > 1 or any(p.roles != "listener,worker,sender,monitor" for p in snapshot.processes):
+        tables.append(_processes_table(snapshot.processes))
     if models.get("tree"):
         tree = table("node", "role", "model", "state", title="Routing tree")
         for row in models["tree"]:

@@ -1,6 +1,7 @@
 """The dispatcher: a thread inside `dicom-ai serve` that delivers due outbox rows, one association per destination.
 
-Each pass claims the due rows, groups them by destination, resolves each destination in the current `[nodes]`
+Each pass claims the due rows (under a lease in this process's name, renewed by a helper thread while the pass
+sends, so another sender takes them over only if this one dies or is cut off), groups them by destination, resolves each destination in the current `[nodes]`
 (so fixing a node's host or port and restarting is enough), sends the batch and reports every outcome back to the
 outbox, which applies the retry policy and writes the audit trail.
 """
@@ -52,12 +53,15 @@ class Dispatcher:
 
     def dispatch_due(self) -> DispatchReport:
         entries = self.outbox.claim_due(self.batch_size)
+        if not entries:
+            return DispatchReport()
         by_destination: dict[str, list[OutboxEntry]] = defaultdict(list)
         for entry in entries:
             by_destination[entry.destination].append(entry)
         states: list[OutboxState | None] = []
-        for name, batch in by_destination.items():
-            states.extend(self._deliver(name, batch))
+        with _LeaseKeeper(self.outbox, entries):
+            for name, batch in by_destination.items():
+                states.extend(self._deliver(name, batch))
         return DispatchReport(claimed=len(entries), sent=states.count(OutboxState.SENT),
                               retrying=states.count(OutboxState.PENDING), dead=states.count(OutboxState.DEAD))
 
@@ -94,9 +98,10 @@ class Dispatcher:
 
     # -- the thread ----------------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Release rows a previous run left `sending`, then deliver in a background thread until `stop()`."""
-        released = self.outbox.release_interrupted()
+    def start(self, release_interrupted: bool = True) -> None:
+        """Release rows a previous run left `sending` (only where this is the data directory's one sender), then
+        deliver in a background thread until `stop()`."""
+        released = self.outbox.release_interrupted() if release_interrupted else 0
         if released:
             log.warning("outbox: %d delivery attempt(s) were interrupted by the last stop; sending them again",
                         released)
@@ -141,3 +146,28 @@ class Dispatcher:
         if due is not None:
             wait = min(wait, (due - utcnow()).total_seconds())
         return max(wait, MIN_IDLE_WAIT_SECONDS)
+
+
+class _LeaseKeeper:
+    """Renews the outbox lease on a pass's rows every third of `send.lease_seconds` while the pass sends."""
+
+    def __init__(self, outbox: Outbox, entries: list[OutboxEntry]) -> None:
+        self._outbox = outbox
+        self._entries = entries
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="send-lease", daemon=True)
+
+    def __enter__(self) -> _LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self._outbox.settings.lease_seconds / 3):
+            try:
+                self._outbox.renew(self._entries)
+            except Exception:  # the next renewal tries again; a lapsed lease means at most a second delivery
+                log.exception("outbox: renewing the lease on %d row(s) failed", len(self._entries))

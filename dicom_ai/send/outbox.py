@@ -2,9 +2,14 @@
 
 Each object is first written as a Part 10 file to `<data_dir>/outbox/` (temp file, fsync, rename), then recorded as
 one row per destination in the `outbox` table (`dicom_ai/store/outbox_model.py`) in the same transaction as its
-audit event. The dispatcher claims due rows (`pending` -> `sending`, counting the attempt), and reports each
-outcome: `sent`, or back to `pending` with exponential backoff, or `dead` after `send.max_attempts`. Rows survive
-restarts; rows found `sending` at start-up were interrupted and are released. `retry_dead` re-arms dead letters.
+audit event. A job's results are queued only while its worker holds the job's lease (`fence`: checked in the same
+transaction; a stale worker gets `LeaseLost`, nothing is queued and its files are removed). The dispatcher claims
+due rows (`pending` -> `sending`, counting the attempt) with a lease of `send.lease_seconds` in its own name
+(`host:pid`; SKIP LOCKED on PostgreSQL, so several senders on several hosts never send one row at once), renews it
+while it sends, and reports each outcome: `sent`, or back to `pending` with exponential backoff, or `dead` after
+`send.max_attempts`. A row whose sender died is claimed again once its lease expired (`send.interrupted`); a
+single node on SQLite releases its own interrupted rows at start-up. Delivery is at least once, always with the same
+SOP Instance UIDs, so a PACS keeps one copy. `retry_dead` re-arms dead letters.
 
 Audit events (kind, one per object and destination): `send.queued`, `send.stored` (an attempt that succeeded),
 `send.failed` (an attempt that failed, with the next attempt time), `send.dead` (the attempt that made it a dead
@@ -20,10 +25,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -31,7 +37,7 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicom_ai.backoff import backoff_delay
@@ -41,6 +47,8 @@ from dicom_ai.store.controls import Control, is_paused
 from dicom_ai.store.database import Database, add_event
 from dicom_ai.store.models import Event, utcnow
 from dicom_ai.store.outbox_model import OutboxItem, OutboxState
+from dicom_ai.store.queue import hold_lease
+from dicom_ai.store.records import JobFence
 from dicom_ai.uids import require_uid
 
 log = logging.getLogger(__name__)
@@ -171,11 +179,13 @@ class Outbox:
     """The outbox of one node: files under `directory`, rows in `database`, retry policy from `settings`."""
 
     def __init__(self, database: Database, directory: Path, settings: SendSettings, *,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, holder: str | None = None) -> None:
         self.database = database
         self.directory = Path(directory)
         self.settings = settings
         self._clock = clock
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"  # whose leases this outbox's claims are
+        self._lease = timedelta(seconds=settings.lease_seconds)
 
     @classmethod
     def for_node(cls, settings: Settings, database: Database) -> Outbox:
@@ -201,17 +211,21 @@ class Outbox:
                           path=path)
 
     def enqueue(self, datasets: Sequence[Dataset | bytes], plan: DeliveryPlan, *, study_uid: str,
-                job_id: int | None = None) -> list[OutboxEntry]:
+                job_id: int | None = None, fence: JobFence | None = None) -> list[OutboxEntry]:
         """Queue `datasets` (or encoded Part 10 files) for every destination of `plan`. An unresolved sender gets
         no row: its `send.unroutable` event is recorded once per study (see the module docstring).
 
         Re-queueing an object (same SOP Instance UID, same destination) re-arms its row instead of adding one, so
         a re-processed study replaces its results at the destination rather than duplicating them.
+        `fence`: the rows are written only if that worker still holds the job's lease in that attempt, checked in
+        the same transaction; else `LeaseLost`, with nothing queued and the files just written removed.
         """
         if not datasets:
             return []
         if not plan.destinations:
             with self.database.write_session() as session:
+                if fence is not None:
+                    hold_lease(session, fence)
                 if plan.unresolved_sender is not None:
                     _note_unroutable(session, plan, study_uid, job_id)
                 else:
@@ -223,14 +237,22 @@ class Outbox:
         try:
             for dataset in datasets:
                 files.append(self.write_file(dataset))
+            replaced, entries = self._record(files, plan, study_uid, job_id, fence)
         except BaseException:  # nothing is queued unless everything is on disk; leave no orphan files behind
             for item in files:
                 item.path.unlink(missing_ok=True)
             raise
+        self._discard_unreferenced(replaced + [str(item.path) for item in files])
+        return entries
+
+    def _record(self, files: list[OutboxFile], plan: DeliveryPlan, study_uid: str, job_id: int | None,
+                fence: JobFence | None) -> tuple[list[str], list[OutboxEntry]]:
         now = self._clock()
         replaced: list[str] = []
         entries: list[OutboxEntry] = []
         with self.database.write_session() as session:
+            if fence is not None:
+                hold_lease(session, fence)
             for item in files:
                 for destination in plan.destinations:
                     row = _upsert(session, item, destination.name, destination.node.ae_title, job_id, now, replaced)
@@ -241,38 +263,61 @@ class Outbox:
                     entries.append(OutboxEntry.of(row))
             if plan.unresolved_sender is not None:
                 _note_unroutable(session, plan, study_uid, job_id)
-        self._discard_unreferenced(replaced + [str(item.path) for item in files])
-        return entries
+        return replaced, entries
 
     # -- the dispatcher's side -----------------------------------------------------------------------------
 
     def claim_due(self, limit: int = 256) -> list[OutboxEntry]:
-        """Mark up to `limit` due rows `sending` (counting the attempt) and return them, oldest due first."""
+        """Mark up to `limit` due rows `sending` under this outbox's lease (counting the attempt) and return them,
+        oldest due first. Due: `pending` and past `next_attempt_at`, or `sending` by a sender whose lease expired
+        (it died or was cut off mid-delivery: the object is sent again, with the same SOP Instance UID)."""
         now = self._clock()
         with self.database.write_session() as session:
             if is_paused(session, Control.SENDING):  # an operator paused sending (dicom_ai.store.controls)
                 return []
             rows = session.scalars(
                 select(OutboxItem)
-                .where(OutboxItem.state == OutboxState.PENDING, OutboxItem.next_attempt_at <= now)
+                .where(or_(and_(OutboxItem.state == OutboxState.PENDING, OutboxItem.next_attempt_at <= now),
+                           and_(OutboxItem.state == OutboxState.SENDING, OutboxItem.lease_expires_at < now)))
                 .order_by(OutboxItem.next_attempt_at, OutboxItem.id).limit(limit)
+                .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
+                if row.state == OutboxState.SENDING:
+                    _log_interrupted(session, row, f"the lease of sender {row.claimed_by} expired during this "
+                                                   "attempt (it stopped or was cut off); it is sent again")
                 row.state = OutboxState.SENDING
                 row.attempts += 1
                 row.updated_at = now
+                row.claimed_by = self.holder
+                row.lease_expires_at = now + self._lease
             return [OutboxEntry.of(row) for row in rows]
+
+    def renew(self, entries: Iterable[OutboxEntry]) -> int:
+        """Extend this outbox's lease on `entries` that it still holds (the dispatcher, while it sends); returns
+        how many it still holds."""
+        ids = [entry.id for entry in entries]
+        if not ids:
+            return 0
+        now = self._clock()
+        with self.database.session() as session:
+            renewed = session.execute(
+                update(OutboxItem).where(OutboxItem.id.in_(ids), OutboxItem.state == OutboxState.SENDING,
+                                         OutboxItem.claimed_by == self.holder)
+                .values(lease_expires_at=now + self._lease).execution_options(synchronize_session=False))
+            return int(renewed.rowcount)
 
     def record_sent(self, entry: OutboxEntry, detail: dict[str, Any] | None = None) -> bool:
         """The destination accepted the object (success or warning status). False if the row changed meanwhile
         (re-queued by a newer job): then it is sent again, which replaces the object at the destination."""
         now = self._clock()
         with self.database.write_session() as session:
-            row = _claimed(session, entry)
+            row = _claimed(session, entry, self.holder)
             if row is None:
                 return False
             row.state = OutboxState.SENT
             row.sent_at = row.updated_at = now
+            row.lease_expires_at = None
             row.last_error = ""
             add_event(session, "send.stored", study_uid=row.study_uid, job_id=row.job_id, series_uid=row.series_uid,
                       sop_instance_uid=row.sop_instance_uid,
@@ -287,11 +332,12 @@ class Outbox:
         state (None if the row changed meanwhile)."""
         now = self._clock()
         with self.database.write_session() as session:
-            row = _claimed(session, entry)
+            row = _claimed(session, entry, self.holder)
             if row is None:
                 return None
             row.last_error = error
             row.updated_at = now
+            row.lease_expires_at = None
             detail: dict[str, Any] = {"destination": row.destination, "ae_title": row.destination_ae,
                                       "attempt": row.attempts, "max_attempts": self.settings.max_attempts,
                                       "error": error}
@@ -309,17 +355,16 @@ class Outbox:
             return OutboxState(row.state)
 
     def release_interrupted(self) -> int:
-        """Rows left `sending` by a stopped or crashed node go back to `pending` (run once at start-up)."""
+        """Rows left `sending` by a stopped or crashed node go back to `pending` (run once at start-up, only by
+        the one sender of a SQLite data directory: with several senders the leases decide)."""
         now = self._clock()
         with self.database.write_session() as session:
             rows = session.scalars(select(OutboxItem).where(OutboxItem.state == OutboxState.SENDING)).all()
             for row in rows:
                 row.state = OutboxState.PENDING
                 row.next_attempt_at = row.updated_at = now
-                add_event(session, "send.interrupted", study_uid=row.study_uid, job_id=row.job_id,
-                          series_uid=row.series_uid, sop_instance_uid=row.sop_instance_uid,
-                          detail={"destination": row.destination, "attempt": row.attempts,
-                                  "note": "the node stopped during this attempt; it will be sent again"})
+                row.claimed_by = row.lease_expires_at = None
+                _log_interrupted(session, row, "the node stopped during this attempt; it will be sent again")
             return len(rows)
 
     # -- operators -----------------------------------------------------------------------------------------
@@ -434,15 +479,23 @@ def _upsert(session: Session, item: OutboxFile, destination: str, destination_ae
     row.attempts = 0
     row.next_attempt_at = row.updated_at = now
     row.sent_at = None
+    row.claimed_by = row.lease_expires_at = None
     row.job_id = job_id
     row.last_error = ""
     return row
 
 
-def _claimed(session: Session, entry: OutboxEntry) -> OutboxItem | None:
-    """The row of `entry` if it is still the attempt the dispatcher claimed (not re-queued since)."""
-    row = session.get(OutboxItem, entry.id)
+def _claimed(session: Session, entry: OutboxEntry, holder: str) -> OutboxItem | None:
+    """The row of `entry` if it is still the attempt `holder` claimed (not re-queued or re-claimed since)."""
+    row = session.get(OutboxItem, entry.id, with_for_update=True)
     if row is None or row.state != OutboxState.SENDING or row.attempts != entry.attempts \
-            or row.file_path != str(entry.file_path):
+            or row.file_path != str(entry.file_path) or row.claimed_by != holder:
         return None
     return row
+
+
+def _log_interrupted(session: Session, row: OutboxItem, note: str) -> None:
+    add_event(session, "send.interrupted", study_uid=row.study_uid, job_id=row.job_id, series_uid=row.series_uid,
+              sop_instance_uid=row.sop_instance_uid,
+              detail={"destination": row.destination, "attempt": row.attempts, "sender": row.claimed_by,
+                      "note": note})

@@ -17,6 +17,7 @@ from dicom_ai.send.destinations import DeliveryPlan, plan_delivery
 from dicom_ai.send.dispatcher import Dispatcher
 from dicom_ai.send.outbox import Outbox, OutboxEntry
 from dicom_ai.store.database import Database
+from dicom_ai.store.records import JobFence
 
 
 @dataclass(frozen=True)
@@ -42,18 +43,20 @@ class ResultSender:
         self.outbox = Outbox.for_node(settings, database)
         self.dispatcher = Dispatcher(self.outbox, settings)
 
-    def start(self) -> None:
+    def start(self, release_interrupted: bool = True) -> None:
+        """Start the dispatcher; `release_interrupted`: this is the only sender of the database (SQLite), so rows
+        left `sending` are its own previous run's (with several senders their leases decide)."""
         check_writable_dir(self.outbox.directory, "storage.data_dir")
-        self.dispatcher.start()
+        self.dispatcher.start(release_interrupted)
 
     def stop(self, timeout: float | None = None) -> None:
         self.dispatcher.stop(self.settings.send.timeout_seconds + 5 if timeout is None else timeout)
 
     def submit(self, datasets: Sequence[Dataset | bytes], *, study_uid: str, calling_ae: str,
-               job_id: int | None = None) -> SubmittedResults:
+               job_id: int | None = None, fence: JobFence | None = None) -> SubmittedResults:
         """Queue `datasets` (or encoded Part 10 files) for the study's sender and the extra destinations; returns
-        once they are durable."""
+        once they are durable. `fence`: only while that worker holds the job (else `LeaseLost`, nothing queued)."""
         plan = plan_delivery(self.settings, calling_ae)
-        entries = self.outbox.enqueue(datasets, plan, study_uid=study_uid, job_id=job_id)
+        entries = self.outbox.enqueue(datasets, plan, study_uid=study_uid, job_id=job_id, fence=fence)
         self.dispatcher.wake()
         return SubmittedResults(plan, tuple(entries))

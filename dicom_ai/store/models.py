@@ -99,6 +99,9 @@ class Study(Base):
     first_received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, index=True)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    ahead_of: Mapped[datetime | None] = mapped_column(
+        UtcDateTime, doc="the last_received_at a worker analysed the study ahead at (one worker per state, any host)")
+    ahead_by: Mapped[str | None] = mapped_column(String(128), doc="that worker process (host:pid)")
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
     jobs: Mapped[list[Job]] = relationship(back_populates="study", order_by="Job.id")
@@ -189,7 +192,8 @@ class Event(Base):
 
 
 class NodeRun(Base):
-    """One run of `dicom-ai serve`: where it listened and when it last showed signs of life."""
+    """One run of `dicom-ai serve` (one process, any host): its roles, where it listened (`port` 0 without the
+    listener role), when it last showed signs of life, and when another process marked it dead."""
 
     __tablename__ = "node_runs"
 
@@ -203,6 +207,8 @@ class NodeRun(Base):
     started_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    roles: Mapped[str] = mapped_column(String(64), default="listener,worker,sender,monitor")
+    dead_at: Mapped[datetime | None] = mapped_column(UtcDateTime, doc="heartbeat found too old by another process")
 
 
 @event.listens_for(Event, "before_update")

@@ -1,12 +1,13 @@
-"""One node per data directory: `dicom-ai serve` holds `<data_dir>/<kind>.lock` for its whole life.
+"""One process per role and data directory on SQLite: `dicom-ai serve` holds `<data_dir>/<role>.lock` for each
+role it runs, for its whole life (dicom_ai.node; on PostgreSQL no lock is taken and leases decide).
 
 Two nodes on one spool and SQLite file would both recover the other's journal, reclaim the other's running jobs as
 orphans and record runs that `dicom-ai status` cannot tell apart. The lock is an exclusive `flock(2)` on the file:
 the kernel drops it when the process ends, however it ends (kill -9 included), so a stale file never blocks a
 restart. The holder writes its pid, host and listening address into the file for the refusal message.
 
-The lock is per process kind ("node" = `serve` running every stage): when roles share one database and spool
-across hosts, each role takes its own kind (or none), without changing this.
+The lock is per kind (a role: listener, worker, sender, monitor), so on one host a listener process and a worker
+process may share a SQLite data directory, but never two workers or two senders.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class DataDirLock:
             holder = _read_holder(descriptor)
             os.close(descriptor)
             raise DataDirInUse(f"{self.data_dir} is in use by another dicom-ai {self.kind} ({_describe(holder)}); "
-                               "stop it first, or give this one its own storage.data_dir") from None
+                               "stop it first, or give this one its own storage.data_dir (several processes of "
+                               "one role share a data directory only on PostgreSQL)") from None
         except BaseException:
             os.close(descriptor)
             raise

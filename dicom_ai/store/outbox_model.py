@@ -54,6 +54,8 @@ class OutboxItem(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     job_id: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    claimed_by: Mapped[str | None] = mapped_column(String(128), doc="the sender (host:pid) holding a `sending` row")
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
     __table_args__ = (
         UniqueConstraint("sop_instance_uid", "destination", name="uq_outbox_sop_instance_uid_destination"),

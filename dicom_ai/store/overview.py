@@ -28,11 +28,13 @@ class ListenerState(StrEnum):
     STOPPED = "stopped"  # it stopped and said so
     GONE = "gone"  # on this host, its process no longer exists and never recorded a stop (killed, crashed)
     NOT_RESPONDING = "not responding"  # no sign of life for a while (hung, or killed on another host)
+    DEAD = "dead"  # no sign of life for 3 heartbeats: marked dead by another process (node_runs.mark_dead_runs)
 
 
 @dataclass(frozen=True)
 class ListenerStatus:
-    """One `dicom-ai serve` run recorded in this database; `running` = `state` is running."""
+    """One `dicom-ai serve` process recorded in this database (any host); `running` = `state` is running. `port` is
+    0 for a process without the listener role."""
 
     ae_title: str
     bind: str
@@ -45,6 +47,8 @@ class ListenerStatus:
     stopped_at: datetime | None
     running: bool
     state: str
+    roles: str = "listener,worker,sender,monitor"
+    marked_dead_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,10 @@ class StudySummary:
 
 @dataclass(frozen=True)
 class NodeStatus:
-    """`listeners`: every run that has not recorded its stop and whose process may still be there (running or not
-    responding), else the latest run; `listener`: the first running one of them, else the first."""
+    """`listeners`: every run with the listener role that has not recorded its stop and whose process may still be
+    there (running, not responding or marked dead), else the latest such run; `listener`: the first running one of
+    them, else the first. `processes`: every run of any role, on any host, that has not recorded its stop and is
+    not known gone."""
 
     schema_version: list[str]
     listener: ListenerStatus | None
@@ -92,6 +98,7 @@ class NodeStatus:
     recent_studies: list[StudySummary]
     listeners: list[ListenerStatus] = field(default_factory=list)
     models: dict[str, Any] = field(default_factory=dict)
+    processes: list[ListenerStatus] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -154,10 +161,11 @@ LISTENER_STALE_AFTER = timedelta(seconds=30)
 
 def node_status(database: Database, recent: int = 10, stale_after: timedelta = LISTENER_STALE_AFTER) -> NodeStatus:
     with database.session() as session:
-        latest = session.scalar(select(NodeRun).order_by(NodeRun.id.desc()).limit(1))
+        latest = session.scalar(select(NodeRun).where(NodeRun.port != 0).order_by(NodeRun.id.desc()).limit(1))
         open_runs = session.scalars(select(NodeRun).where(NodeRun.stopped_at.is_(None)).order_by(NodeRun.id))
-        listeners = [listener for listener in (_listener(run, stale_after) for run in open_runs)
-                     if listener.state != ListenerState.GONE]  # a gone run is history unless it is the latest
+        processes = [process for process in (_listener(run, stale_after) for run in open_runs)
+                     if process.state != ListenerState.GONE]  # a gone run is history unless it is the latest
+        listeners = [process for process in processes if process.port]
         if not listeners and latest is not None:
             listeners = [_listener(latest, stale_after)]
         listener = next((item for item in listeners if item.running), listeners[0] if listeners else None)
@@ -174,7 +182,7 @@ def node_status(database: Database, recent: int = 10, stale_after: timedelta = L
     return NodeStatus(
         schema_version=database.schema_version(), listener=listener, queue_depth=jobs_by_state[JobState.QUEUED],
         jobs_by_state=jobs_by_state, studies_by_state=studies_by_state, running_jobs=running_jobs,
-        failed_jobs=failed_jobs, recent_studies=studies, listeners=listeners,
+        failed_jobs=failed_jobs, recent_studies=studies, listeners=listeners, processes=processes,
     )
 
 
@@ -183,12 +191,15 @@ def _listener(run: NodeRun, stale_after: timedelta) -> ListenerStatus:
         state = ListenerState.STOPPED
     elif run.hostname == socket.gethostname() and not process_exists(run.pid):
         state = ListenerState.GONE
+    elif run.dead_at is not None:
+        state = ListenerState.DEAD
     elif utcnow() - run.heartbeat_at >= stale_after:
         state = ListenerState.NOT_RESPONDING
     else:
         state = ListenerState.RUNNING
     return ListenerStatus(run.ae_title, run.bind, run.port, run.tls, run.hostname, run.pid, run.started_at,
-                          run.heartbeat_at, run.stopped_at, state == ListenerState.RUNNING, str(state))
+                          run.heartbeat_at, run.stopped_at, state == ListenerState.RUNNING, str(state), run.roles,
+                          run.dead_at)
 
 
 def study_trail(database: Database, study_uid: str) -> StudyTrail:

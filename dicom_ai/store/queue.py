@@ -7,6 +7,11 @@ hold the same job. The holder renews the lease with heartbeats; a job whose leas
 killed) is reclaimed and counts as a failed attempt. After `max_attempts` failed attempts a job is `failed` until an
 operator re-queues it (`dicom-ai retry`). A job is only ever marked `done` by the worker holding it, after its
 handler returned.
+
+Fencing: a worker that was paused, partitioned or slow past its lease may wake up after another worker re-claimed
+the job. Every transaction that writes a job's results (the outbox rows, `dicom_ai.send.outbox`) or completes it
+first locks the job row and checks holder and attempt (`hold_lease`), so the stale worker gets `LeaseLost` and
+writes nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicom_ai.backoff import backoff_delay
@@ -25,8 +30,8 @@ from dicom_ai.observe import metrics
 from dicom_ai.store.controls import Control, is_paused
 from dicom_ai.store.database import Database, add_event, set_study_state
 from dicom_ai.store.models import Instance, Job, Series, Study, utcnow
-from dicom_ai.store.records import (ClaimedJob, CompletionResult, JobInstance, JobState, ReceivingStudy,
-                                    StudyState)
+from dicom_ai.store.records import (ClaimedJob, CompletionResult, JobFence, JobInstance, JobState,
+                                    ReceivingStudy, StudyState)
 from dicom_ai.store.stability import mark_quiet_studies_stable, mark_stable
 
 log = logging.getLogger(__name__)
@@ -131,19 +136,33 @@ class JobQueue:
         set_study_state(session, study, StudyState.QUEUED, job_id=job.id)
         return job
 
-    def study_to_analyse_ahead(self, quiet_seconds: float,
-                               analysed: Mapping[str, datetime]) -> ReceivingStudy | None:
+    def study_to_analyse_ahead(self, quiet_seconds: float, analysed: Mapping[str, datetime] | None = None,
+                               claimant: str | None = None) -> ReceivingStudy | None:
         """The receiving study that will be stable soonest among those quiet for `quiet_seconds`, skipping studies
         whose `last_received_at` is the one in `analysed` (already analysed ahead in that state); None when none.
-        Its `instances` are empty when it holds only our own outputs."""
+        Its `instances` are empty when it holds only our own outputs.
+
+        With `claimant` (a worker process, `host:pid`), the decision is the database's: studies already analysed
+        ahead in their current state by any worker are skipped, and the study is claimed for `claimant` in its row
+        (`ahead_of`, `ahead_by`) in the same transaction; None when another worker, on any host, claimed it first.
+        """
         quiet_since = self._clock() - timedelta(seconds=quiet_seconds)
-        with self.database.session() as session:
+        with self.database.write_session() if claimant else self.database.session() as session:
             if is_paused(session, Control.PROCESSING):
                 return None
-            quietest = _quietest_receiving_study(session, analysed)
+            quietest = _quietest_receiving_study(session, analysed or {}, unclaimed=claimant is not None)
             if quietest is None or self._quiet_since(quietest[2]) > quiet_since:
                 return None
             study_id, study_uid, last_received_at = quietest
+            if claimant is not None:
+                claimed = session.execute(
+                    update(Study).where(Study.id == study_id, Study.state == StudyState.RECEIVING,
+                                        Study.last_received_at == last_received_at,
+                                        or_(Study.ahead_of.is_(None), Study.ahead_of != last_received_at))
+                    .values(ahead_of=last_received_at, ahead_by=claimant)
+                    .execution_options(synchronize_session=False))
+                if claimed.rowcount != 1:
+                    return None  # another worker took it, or an instance arrived meanwhile
             return ReceivingStudy(study_uid, last_received_at, _analysable_instances(session, study_id))
 
     def processing_paused(self) -> bool:
@@ -152,13 +171,15 @@ class JobQueue:
             return is_paused(session, Control.PROCESSING)
 
     def seconds_until_quiet(self, quiet_seconds: float,
-                            analysed: Mapping[str, datetime] | None = None) -> float | None:
-        """How long until the next receiving study (skipping those in `analysed`, see `study_to_analyse_ahead`) has
-        been quiet for `quiet_seconds` (0 when one has); None when none is left. The stability monitor (quiet
-        period) and an idle worker (analysis ahead) sleep this long, plus `stability.WAKE_MARGIN_SECONDS`, instead
-        of a whole poll interval."""
+                            analysed: Mapping[str, datetime] | None = None, *,
+                            unclaimed: bool = False) -> float | None:
+        """How long until the next receiving study (skipping those in `analysed`, and with `unclaimed` those some
+        worker analysed ahead in their current state, see `study_to_analyse_ahead`) has been quiet for
+        `quiet_seconds` (0 when one has); None when none is left. The stability monitor (quiet period) and an idle
+        worker (analysis ahead) sleep this long, plus `stability.WAKE_MARGIN_SECONDS`, instead of a whole poll
+        interval."""
         with self.database.session() as session:
-            quietest = _quietest_receiving_study(session, analysed or {})
+            quietest = _quietest_receiving_study(session, analysed or {}, unclaimed=unclaimed)
         if quietest is None:
             return None
         due = self._quiet_since(quietest[2]) + timedelta(seconds=quiet_seconds)
@@ -182,13 +203,15 @@ class JobQueue:
 
     # -- consuming jobs --------------------------------------------------------------------------------------
 
-    def claim(self, worker_id: str) -> ClaimedJob | None:
-        """Take the oldest due queued job with a lease for `worker_id`, or None when there is none."""
+    def claim(self, worker_id: str, prefer_ahead_by: str | None = None) -> ClaimedJob | None:
+        """Take the oldest due queued job with a lease for `worker_id`, or None when there is none; with
+        `prefer_ahead_by` (the worker process), first the jobs of studies it analysed ahead (their findings wait in
+        its memory)."""
         now = self._clock()
         with self.database.write_session() as session:
             if is_paused(session, Control.PROCESSING):  # an operator paused processing (dicom_ai.store.controls)
                 return None
-            candidate = session.scalar(next_due_job(now))
+            candidate = session.scalar(next_due_job(now, prefer_ahead_by))
             if candidate is None:
                 return None
             claimed = session.execute(
@@ -220,11 +243,12 @@ class JobQueue:
             )
             return renewed.rowcount == 1
 
-    def complete(self, job_id: int, worker_id: str) -> None:
-        """The handler returned: the job is done (the study too, unless new instances re-opened it meanwhile)."""
+    def complete(self, job_id: int, worker_id: str, attempt: int | None = None) -> None:
+        """The handler returned: the job is done (the study too, unless new instances re-opened it meanwhile).
+        `LeaseLost` when `worker_id` (in `attempt`, when given) no longer holds it."""
         now = self._clock()
         with self.database.write_session() as session:
-            job = self._held(session, job_id, worker_id)
+            job = self._held(session, job_id, worker_id, attempt)
             job.state = JobState.DONE
             job.finished_at = job.updated_at = now
             job.lease_expires_at = None
@@ -285,12 +309,8 @@ class JobQueue:
             metrics.LEASES_RECLAIMED.inc(len(orphans))
             return [job.id for job in orphans]
 
-    def _held(self, session: Session, job_id: int, worker_id: str) -> Job:
-        job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
-        if job is None or job.state != JobState.RUNNING or job.worker_id != worker_id:
-            state = "missing" if job is None else f"{job.state}, held by {job.worker_id}"
-            raise LeaseLost(f"job {job_id} is no longer held by {worker_id} ({state})")
-        return job
+    def _held(self, session: Session, job_id: int, worker_id: str, attempt: int | None = None) -> Job:
+        return _lock_held_job(session, job_id, worker_id, attempt)
 
     def _end_failed_attempt(self, session: Session, job: Job, error: str, *, permanent: bool = False) -> str:
         now = self._clock()
@@ -379,23 +399,45 @@ class JobQueue:
             return requeued
 
 
-def next_due_job(now: datetime) -> Select[tuple[int]]:
-    """The oldest due queued job; PostgreSQL skips rows other claimers have locked, SQLite has no row locks and
-    serialises writers instead (BEGIN IMMEDIATE)."""
+def hold_lease(session: Session, fence: JobFence) -> None:
+    """Lock the job row for the rest of `session`'s transaction and check that `fence` still holds its lease;
+    `LeaseLost` otherwise (the caller's transaction then rolls back: it writes nothing)."""
+    _lock_held_job(session, fence.job_id, fence.worker_id, fence.attempt)
+
+
+def _lock_held_job(session: Session, job_id: int, worker_id: str, attempt: int | None) -> Job:
+    # The row lock makes a reclaim (which skips locked rows) wait for this transaction, and this one wait for it.
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if (job is None or job.state != JobState.RUNNING or job.worker_id != worker_id
+            or (attempt is not None and job.attempts != attempt)):
+        state = "missing" if job is None else f"{job.state}, attempt {job.attempts}, held by {job.worker_id}"
+        mine = worker_id if attempt is None else f"{worker_id} in attempt {attempt}"
+        raise LeaseLost(f"job {job_id} is no longer held by {mine} (now {state}): its lease expired and the job "
+                        f"was reclaimed; this attempt's results are discarded")
+    return job
+
+
+def next_due_job(now: datetime, prefer_ahead_by: str | None = None) -> Select[tuple[int]]:
+    """The oldest due queued job (first those of studies `prefer_ahead_by` analysed ahead); PostgreSQL skips rows
+    other claimers have locked, SQLite has no row locks and serialises writers instead (BEGIN IMMEDIATE)."""
     # Locks the study row too (FOR UPDATE covers every joined table): a claim never waits on any lock, so it
     # cannot deadlock with a listener thread that holds the study while recording an instance.
+    order = [case((Study.ahead_by == prefer_ahead_by, 0), else_=1)] if prefer_ahead_by else []
     return (select(Job.id).join(Study, Job.study_id == Study.id)
             .where(Job.state == JobState.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now))
-            .order_by(Job.id).limit(1)
+            .order_by(*order, Job.id).limit(1)
             .with_for_update(skip_locked=True))
 
 
-def _quietest_receiving_study(session: Session,
-                              analysed: Mapping[str, datetime]) -> tuple[int, str, datetime] | None:
+def _quietest_receiving_study(session: Session, analysed: Mapping[str, datetime],
+                              unclaimed: bool = False) -> tuple[int, str, datetime] | None:
     """(id, UID, last_received_at) of the receiving study that has been quiet longest, skipping those whose
-    last_received_at is the one in `analysed`; None when none is left."""
-    rows = session.execute(select(Study.id, Study.study_uid, Study.last_received_at)
-                           .where(Study.state == StudyState.RECEIVING).order_by(Study.last_received_at))
+    last_received_at is the one in `analysed` and, with `unclaimed`, those a worker analysed ahead in their
+    current state; None when none is left."""
+    query = select(Study.id, Study.study_uid, Study.last_received_at).where(Study.state == StudyState.RECEIVING)
+    if unclaimed:
+        query = query.where(or_(Study.ahead_of.is_(None), Study.ahead_of != Study.last_received_at))
+    rows = session.execute(query.order_by(Study.last_received_at))
     return next(((study_id, uid, last) for study_id, uid, last in rows if analysed.get(uid) != last), None)
 
 

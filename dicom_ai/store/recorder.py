@@ -16,14 +16,24 @@ What stays true:
 - duplicates are judged on what is queued too (`pending_path`);
 - when the database refuses a group, the rows are retried with a growing delay, and meanwhile `accepting` is
   false, so the listener records synchronously and answers 0xA700 if the database still refuses.
+
+Several listener processes (on several hosts) share one spool: each journals into its own folder
+`<spool>/.journal/<host>-<pid>-<n>/` and holds an `flock` on `<that folder>.lock` while it runs. Whoever can take
+that lock knows its owner is gone (the kernel, or the NFS server's lock lease, dropped it): a starting listener, and
+every monitor round (`replay_orphan_journals`), replays such folders and removes them. A live listener's journal is
+never touched by another process.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import itertools
 import json
 import logging
 import os
+import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -45,6 +55,7 @@ GROUP_SIZE = 32  # rows per commit at most, unless more are queued already
 GATHER_SECONDS = 0.02  # how long the first queued row waits for others, unless a release or stop is waiting
 
 Entry = tuple["int | None", ReceivedInstance]
+_recorders = itertools.count(1)
 
 
 class JournalUnavailable(OSError):
@@ -56,7 +67,9 @@ class InstanceRecorder:
 
     def __init__(self, database: Database, spool_root: Path) -> None:
         self.database = database
-        self.journal_dir = Path(spool_root) / JOURNAL_DIR
+        self.journal_root = Path(spool_root) / JOURNAL_DIR
+        self.journal_dir = self._new_journal_dir()
+        self._owner_lock: int | None = None  # flock on `<journal_dir>.lock` while this recorder runs
         self._condition = threading.Condition()
         self._queued: list[Entry] = []
         self._pending: dict[str, str] = {}  # SOP Instance UID -> spool path, queued or being committed
@@ -69,6 +82,9 @@ class InstanceRecorder:
         self._urgent = False  # a flush() or stop() is waiting: commit what is queued now
         self._thread: threading.Thread | None = None
         self._commit_failures = FailureLog(log, "committing instance rows (they are safe in the spool journal)")
+
+    def _new_journal_dir(self) -> Path:
+        return self.journal_root / f"{socket.gethostname()}-{os.getpid()}-{next(_recorders)}"
 
     # -- the listener's side -----------------------------------------------------------------------------------
 
@@ -120,7 +136,12 @@ class InstanceRecorder:
         """Record what an earlier run journaled but did not commit, then start committing."""
         if self._thread is not None:
             return
-        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        self.journal_root.mkdir(parents=True, exist_ok=True)
+        self._owner_lock = _try_lock(_lock_path(self.journal_dir))
+        while self._owner_lock is None:  # a restarted process with the same pid, whose old folder is being replayed
+            self.journal_dir = self._new_journal_dir()
+            self._owner_lock = _try_lock(_lock_path(self.journal_dir))
+        self.journal_dir.mkdir(exist_ok=True)
         self.replay_journal()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="instance-recorder", daemon=True)
@@ -142,36 +163,28 @@ class InstanceRecorder:
             self._thread = None
             self._close_segment()
             self._condition.notify_all()
+        if self._owner_lock is not None:
+            lock, self._owner_lock = self._owner_lock, None
+            try:  # an empty journal goes; one with rows left in it stays for whoever replays it next
+                self.journal_dir.rmdir()
+                _lock_path(self.journal_dir).unlink(missing_ok=True)
+            except OSError:
+                pass
+            finally:
+                os.close(lock)
 
     def replay_journal(self) -> int:
-        """Record every journaled instance whose file is spooled but which has no row, or a row of another copy
-        (replaced since); remove the segments. Returns how many were recorded (each gets an audit event)."""
-        segments = sorted(self.journal_dir.glob("*.jsonl")) if self.journal_dir.is_dir() else []
-        if not segments:
-            return 0
-        entries = [entry for segment in segments for entry in _read_segment(segment)]
-        latest: dict[str, Entry] = {}
-        for association_id, instance in entries:  # in order: a later copy of an instance replaced the earlier
-            latest[instance.sop_instance_uid] = (association_id, instance)
-        rows = self.database.stored_copies(latest)
-        missing = [(association_id, instance) for association_id, instance in latest.values()
-                   if rows.get(instance.sop_instance_uid) != _copy(instance) and Path(instance.spool_path).is_file()]
-        if missing:
-            try:
-                self.database.record_instances(missing, event_kind=RECOVERED_EVENT)
-            except IntegrityError:  # e.g. a database replaced since: its associations are not those of the journal
-                log.warning("the spool journal names associations this database does not have; recording its "
-                            "instances without them")
-                self.database.record_instances([(None, instance) for _association_id, instance in missing],
-                                               event_kind=RECOVERED_EVENT)
-            log.warning("recorded %d instance(s) that an earlier run answered for but had not committed (spool "
-                        "journal)", len(missing))
-        for segment in segments:
-            segment.unlink()
-        return len(missing)
+        """Record what this recorder's folder, the folders of listeners that are gone, and a journal of an older
+        version (segments right in `.journal/`) hold that has no row yet (see `replay_segments`); remove them.
+        Returns how many instances were recorded (each gets an audit event)."""
+        recorded = replay_segments(self.database, sorted(self.journal_dir.glob("*.jsonl"))
+                                   if self.journal_dir.is_dir() else [])
+        recorded += replay_segments(self.database, sorted(self.journal_root.glob("*.jsonl"))
+                                    if self.journal_root.is_dir() else [])
+        return recorded + replay_orphan_journals(self.database, self.journal_root.parent,
+                                                 skip=self.journal_dir)
 
     # -- the recorder's thread -------------------------------------------------------------------------------------
-
     def _run(self) -> None:
         failures = 0
         while True:
@@ -225,6 +238,70 @@ class InstanceRecorder:
         if self._segment is not None:
             os.close(self._segment)
         self._segment, self._segment_path = None, None
+
+
+def replay_segments(database: Database, segments: list[Path]) -> int:
+    """Record every instance journaled in `segments` whose file is spooled but which has no row, or a row of
+    another copy (replaced since); remove the segments. Returns how many were recorded."""
+    if not segments:
+        return 0
+    entries = [entry for segment in segments for entry in _read_segment(segment)]
+    latest: dict[str, Entry] = {}
+    for association_id, instance in entries:  # in order: a later copy of an instance replaced the earlier
+        latest[instance.sop_instance_uid] = (association_id, instance)
+    rows = database.stored_copies(latest)
+    missing = [(association_id, instance) for association_id, instance in latest.values()
+               if rows.get(instance.sop_instance_uid) != _copy(instance) and Path(instance.spool_path).is_file()]
+    if missing:
+        try:
+            database.record_instances(missing, event_kind=RECOVERED_EVENT)
+        except IntegrityError:  # e.g. a database replaced since: its associations are not those of the journal
+            log.warning("the spool journal names associations this database does not have; recording its "
+                        "instances without them")
+            database.record_instances([(None, instance) for _association_id, instance in missing],
+                                      event_kind=RECOVERED_EVENT)
+        log.warning("recorded %d instance(s) that an earlier run answered for but had not committed (spool "
+                    "journal)", len(missing))
+    for segment in segments:
+        segment.unlink()
+    return len(missing)
+
+
+def replay_orphan_journals(database: Database, spool_root: Path, skip: Path | None = None) -> int:
+    """Replay and remove the journal folder of every listener that is gone (its lock can be taken), on any host
+    sharing the spool; the monitor runs it every round, a listener at start. Returns how many were recorded."""
+    root = Path(spool_root) / JOURNAL_DIR
+    recorded = 0
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if not folder.is_dir() or folder == skip:
+            continue
+        lock = _try_lock(_lock_path(folder))
+        if lock is None:
+            continue  # its listener runs
+        try:
+            if folder.is_dir():  # not replayed and removed by another process meanwhile
+                recorded += replay_segments(database, sorted(folder.glob("*.jsonl")))
+                shutil.rmtree(folder, ignore_errors=True)
+                log.info("replayed and removed the spool journal of a listener that is gone: %s", folder.name)
+            _lock_path(folder).unlink(missing_ok=True)
+        finally:
+            os.close(lock)
+    return recorded
+
+
+def _lock_path(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".lock")
+
+
+def _try_lock(path: Path) -> int | None:
+    """An exclusive flock on `path` (created if needed), or None when someone holds it."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
+    return descriptor
 
 
 def _copy(instance: ReceivedInstance) -> tuple[str, int, str]:

@@ -132,6 +132,16 @@ class ClaimedJob:
 
 
 @dataclass(frozen=True, slots=True)
+class JobFence:
+    """Who may write a job's results: the worker holding its lease, in the attempt it claimed. Every transaction
+    that writes results (outbox rows) or completes the job checks it (`dicom_ai.store.queue.hold_lease`)."""
+
+    job_id: int
+    worker_id: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class CompletionResult:
     """What `dicom-ai study complete UID` did."""
 

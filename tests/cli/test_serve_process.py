@@ -42,7 +42,7 @@ def test_second_node_on_the_same_data_dir_is_refused_and_status_tells_the_truth(
             [sys.executable, "-c", "from dicom_ai.cli import main; main()", "serve", "--config", str(node.config),
              "--port", str(second_port)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
         assert second.returncode == 2, second.stderr
-        assert "storage.data_dir" in second.stderr and "in use by another dicom-ai node" in second.stderr
+        assert "storage.data_dir" in second.stderr and "in use by another dicom-ai listener" in second.stderr
         assert node.process is not None and f"pid {node.process.pid} " in second.stderr
         assert f"listening on 127.0.0.1:{port}" in second.stderr
 

@@ -22,6 +22,7 @@ from dicom_ai.config import Settings, load_settings
 from dicom_ai.receive import Listener
 from dicom_ai.store.database import Database
 from dicom_ai.store.models import Association, Event, Instance
+from dicom_ai.store.recorder import JOURNAL_DIR
 from dicom_ai.store.spool import Spool
 from tests.support.tools import dcmtk_tool
 
@@ -84,7 +85,9 @@ class RunningNode:
             return list(session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)))
 
     def spooled_files(self) -> list[Path]:
-        return sorted(p for p in self.spool.root.rglob("*") if p.is_file())
+        """The files under the spool, without the listener's journal (`.journal/`: its folder's lock file)."""
+        return sorted(p for p in self.spool.root.rglob("*")
+                      if p.is_file() and JOURNAL_DIR not in p.relative_to(self.spool.root).parts)
 
 
 NodeFactory = Callable[..., RunningNode]

@@ -15,6 +15,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage, Verification
 
+from dicom_ai.store.recorder import JOURNAL_DIR
 from tests.receive.conftest import (
     NodeFactory,
     dataset_bytes,
@@ -157,7 +158,9 @@ def test_malformed_or_mismatched_dataset_is_refused_and_nothing_written(
     refused = node.events("instance.refused")
     assert len(refused) == 1 and f"0x{status:04X}" in refused[0].detail
     written = {p.relative_to(tmp_path / "node") for p in (tmp_path / "node").rglob("*") if p.is_file()}
-    assert all(p.name.startswith("dicom-ai.sqlite") for p in written), written
+    # the database, and the listener's journal lock (taken at start, before any association)
+    assert all(p.name.startswith("dicom-ai.sqlite") or (p.parts[:2] == ("spool", JOURNAL_DIR) and p.suffix == ".lock")
+               for p in written), written
     # nothing escaped the data directory: "../../etc" from the spool's study folder would land here
     assert not (tmp_path / "etc").exists() and not (tmp_path.parent / "etc").exists()
     assert not any(tmp_path.rglob("etc"))

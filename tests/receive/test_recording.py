@@ -67,7 +67,8 @@ def test_answer_comes_before_the_row_and_the_release_waits_for_it(
     assert int(association.send_c_store(_ct()).Status) == 0x0000
     assert started.wait(10)
     assert node.instances() == []  # answered: the file is durable and journaled, the row is being committed
-    assert len(list(node.spool.root.joinpath(".journal").iterdir())) == 1
+    assert node.listener.recorder is not None
+    assert len(list(node.listener.recorder.journal_dir.iterdir())) == 1
 
     releasing = threading.Thread(target=association.release)
     releasing.start()
@@ -77,7 +78,7 @@ def test_answer_comes_before_the_row_and_the_release_waits_for_it(
     releasing.join(10)
     assert not releasing.is_alive()
     assert len(node.instances()) == 1
-    assert list(node.spool.root.joinpath(".journal").iterdir()) == []
+    assert list(node.listener.recorder.journal_dir.iterdir()) == []
 
 
 @pytest.mark.parametrize(("policy", "second_status"), [("keep-first", 0x0000), ("reject", 0x0111)])

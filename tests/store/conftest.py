@@ -52,6 +52,8 @@ def instance_factory() -> Callable[..., ReceivedInstance]:
 
 _INITDB = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
 _databases = itertools.count(1)
+_restarts: dict[str, Callable[[str], None]] = {}  # base URL -> restarts that server, listening on the addresses given
+_hba_files: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="session")
@@ -76,11 +78,33 @@ def postgres_server() -> Iterator[str]:
     run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "node", "-E", "UTF8", "--no-sync")
     run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
         "-o", f"-p {port} -k {root} -h 127.0.0.1 -F", "start")
+    url = f"postgresql+psycopg://node@127.0.0.1:{port}"
+    _restarts[url] = lambda addresses: run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"),
+                                           "-m", "fast", "-w", "-o", f"-p {port} -k {root} -h {addresses} -F",
+                                           "restart")
+    _hba_files[url] = data / "pg_hba.conf"
     try:
-        yield f"postgresql+psycopg://node@127.0.0.1:{port}"
+        yield url
     finally:
         run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def restart_postgres_server(server: str, addresses: str = "127.0.0.1") -> None:
+    """Restart the `postgres_server` at `server` (fast shutdown: open connections are cut, as in a failover),
+    listening on `addresses` (comma-separated)."""
+    _restarts[server](addresses)
+
+
+def open_postgres_server_to(server: str, addresses: str, network: str) -> None:
+    """Let the `postgres_server` at `server` also listen on `addresses` and trust clients in `network` (a CIDR:
+    the test's own network namespaces), then restart it."""
+    hba = _hba_files[server]
+    line = f"host all all {network} trust\n"
+    if line not in hba.read_text():
+        with hba.open("a") as handle:  # the file is the server user's; root appends as the fixture created it
+            handle.write(line)
+    restart_postgres_server(server, f"127.0.0.1,{addresses}")
 
 
 def fresh_postgres_database(server: str) -> str:

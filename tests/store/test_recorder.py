@@ -107,7 +107,7 @@ def test_replay_records_what_a_killed_run_answered_for(database: Database, tmp_p
     # received when the killed run answered, not when the journal was replayed
     assert {recorded[instance.sop_instance_uid].received_at.replace(tzinfo=timezone.utc)
             for instance in answered} == {long_ago}
-    assert list(restarted.journal_dir.iterdir()) == []
+    assert list(root.joinpath(".journal").iterdir()) == []  # the killed run's folder replayed, the new one stopped
 
 
 def test_replay_takes_the_latest_copy_of_a_replaced_instance(database: Database, tmp_path: Path,
@@ -183,7 +183,8 @@ def test_stop_commits_everything_queued(database: Database, tmp_path: Path, inst
     recorder.stop()
     assert not recorder.accepting
     assert len(rows(database)) == 50
-    assert list(recorder.journal_dir.iterdir()) == []
+    assert not recorder.journal_dir.exists()  # nothing left to replay: the folder and its lock are gone
+    assert list(recorder.journal_root.iterdir()) == []
 
 
 def test_unwritable_journal_is_reported_not_swallowed(database: Database, tmp_path: Path,

@@ -167,11 +167,13 @@ def test_the_api_and_the_cli_json_agree(node: Node, base: str, study: str) -> No
     for volatile in (api_status, cli_status):  # the heartbeat moves on; the CLI sees the configured port 0
         volatile["listener"].pop("last_seen_at")
         volatile["data_dir_space"].pop("free_bytes")  # the disk is shared with whatever else runs
-        for listener in volatile["listeners"]:
-            listener.pop("last_seen_at")
+        for process in volatile["listeners"] + volatile["processes"]:
+            process.pop("last_seen_at")
         volatile.pop("configured_listener")
     assert api_status == cli_status
-    assert list(api_status)[-4:] == ["outbox", "controls", "listeners", "data_dir_space"]
+    assert list(api_status)[-5:] == ["outbox", "controls", "listeners", "data_dir_space", "processes"]
+    assert [(p["roles"], p["state"]) for p in api_status["processes"]] == [("listener,worker,sender,monitor",
+                                                                         "running")]
 
 
 def test_without_login_pages_redirect_and_the_api_answers_401(base: str) -> None:
