@@ -39,12 +39,11 @@ from dicom_ai.train.pipeline_scores import (
     segmentation_scores,
 )
 from dicom_ai.train.sources import DETECTION_CLASSES
-from dicom_ai.train.study_specs import DATASETS, DatasetStudies, StudySpec, dataset_studies
+from dicom_ai.train.study_specs import DatasetStudies, StudySpec, dataset_studies
 from dicom_ai.train.studies import VARIANTS, SeriesIdentity, Variant, write_series
 
 ALL_SCORES = 0.001  # the detectors' confidence floor for mAP over all scores
 SEGMENTER_BY_DATASET = {"lgg": "lgg"}  # the segmentation sets and the model the route must reach for them
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,11 +154,8 @@ class PipelineEvaluation:
 def _models(registry: ModelRegistry, routing: RoutingTree) -> dict[str, dict[str, Any]]:
     """Each model the tree names: its state and the model-alone test metrics of its manifest entry."""
     about: dict[str, dict[str, Any]] = {}
-    names = set(routing.model_names())
-    for status in registry.status():
-        names.add(status.name)
     states = {s.name: s for s in registry.status()}
-    for name in sorted(names):
+    for name in sorted(set(routing.model_names()) | set(states)):
         status = states.get(name)
         try:
             spec = registry.spec(name)
@@ -226,6 +222,6 @@ def evaluate_pipeline(registry: ModelRegistry, routing: RoutingTree, sets: Seque
     )
 
 
-__all__ = ["ALL_SCORES", "BuiltStudy", "DATASETS", "PipelineEvaluation", "build_study", "collect_studies",
+__all__ = ["ALL_SCORES", "BuiltStudy", "PipelineEvaluation", "build_study", "collect_studies",
            "detection_images", "evaluate_pipeline", "operating_confidence", "route_outcomes", "score_study",
            "segmented_volume"]
