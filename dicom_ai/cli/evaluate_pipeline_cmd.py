@@ -19,6 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from dicom_ai.cli.app import exit_2_on, settings_or_exit
 
+LOG_EVERY = 25  # studies between progress lines when stderr is not a terminal
+
 
 def _names(text: str | None, known: tuple[str, ...], option: str) -> list[str]:
     if text is None:
@@ -61,12 +63,20 @@ def evaluate_pipeline_command(data: Path | None, models_dir: Path | None, config
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
+    done = 0
+
+    def advance(label: str) -> None:
+        nonlocal done
+        done += 1
+        progress.update(task, advance=1, description=f"{label:<28}")
+        if not console.is_terminal and (done % LOG_EVERY == 0 or done == total):  # a log file gets plain lines
+            console.print(f"{done}/{total} studies ({label})")
+
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("studies", total=total)
-        evaluation = evaluate_pipeline(
-            registry, routing, sets, variants=chosen_variants, batch_size=settings.pipeline.batch_size,
-            keep_studies=keep_studies,
-            advance=lambda label: progress.update(task, advance=1, description=f"{label:<28}"))
+        evaluation = evaluate_pipeline(registry, routing, sets, variants=chosen_variants,
+                                       batch_size=settings.pipeline.batch_size, keep_studies=keep_studies,
+                                       advance=advance)
     evaluation.settings = {"data": str(data), "models_dir": str(settings.pipeline.models_dir),
                            "routing_file": str(settings.pipeline.resolved_routing_file), "seed": seed,
                            "limit": limit, "device": str(registry.device), "batch_size": settings.pipeline.batch_size}

@@ -75,6 +75,8 @@ def _detection(evaluation: PipelineEvaluation) -> list[str]:
                          str(scores["truth_boxes"]), _number(scores["mAP50"]),
                          _number(scores["operating_confidence"], 2), _number(scores["precision"]),
                          _number(scores["recall"]), alone])
+    if not rows:
+        return [*lines, "No detection set in this run."]
     lines += _table(["detector", "variant", "images", "reached detector", "truth boxes", "mAP50 (all scores)",
                      "operating confidence", "precision", "recall", "model alone (manifest)"], rows)
     for variant in evaluation.variants:
@@ -108,6 +110,8 @@ def _segmentation(evaluation: PipelineEvaluation) -> list[str]:
                          _number(s["volume_dice"]), _number(s["tumour_slice_dice"]),
                          str(s["patients_without_prediction"]), f"{s['empty_slice_false_positive_rate']:.1%}",
                          "; ".join(_alone(evaluation, name, m) for m in ("volume_dice", "tumour_slice_dice"))])
+    if not rows:
+        return [*lines, "No segmentation set in this run."]
     lines += _table(["segmenter", "variant", "patients", "reached segmenter", "slices", "volume Dice (mean)",
                      "tumour-slice Dice", "patients with no mask", "empty-slice false positives",
                      "model alone (manifest)"], rows)
@@ -139,7 +143,7 @@ def markdown_report(evaluation: PipelineEvaluation, routing: RoutingTree, comman
     studies = ", ".join(f"{name} {d['studies']}" for name, d in evaluation.datasets.items())
     lines = [f"## {TITLE}", "",
              (f"`{command}`, " if command else "") + f"{evaluation.seconds / 60:.1f} min on "
-             f"{evaluation.settings.get('device', 'cpu')}. The test split of each set (the split each model was "
+             f"{evaluation.settings.get('device', 'cpu')} ({evaluation.cpu_seconds / 60:.1f} min of CPU time). The test split of each set (the split each model was "
              f"trained with) wrapped as DICOM studies and read back by `run_study`: {studies} studies per variant. "
              "**honest**: a real modality's header (CT in Hounsfield units with rescale and window, MR and X-ray "
              "at 12 bits, some MONOCHROME1 and some windowed, BodyPartExamined, ImageOrientationPatient where the "

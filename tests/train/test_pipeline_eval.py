@@ -254,3 +254,30 @@ def test_evaluate_pipeline_reports_a_missing_data_folder(tmp_path: Path) -> None
 
 def test_truth_box_in_pixels_is_the_yolo_box() -> None:
     assert TruthBox("x", (0.5, 0.5, 1.0, 1.0)).in_pixels(10, 20) == (0.0, 0.0, 20.0, 10.0)
+
+
+def test_markdown_report_shows_the_node_beside_the_model_alone_and_what_was_unavailable() -> None:
+    from dicom_ai.train.pipeline_eval import PipelineEvaluation
+    from dicom_ai.train.pipeline_report import TITLE, markdown_report
+
+    outcomes = [RouteOutcome("modality", "lgg", "MR", "MR", "classifier"),
+                RouteOutcome("mri_region", "lgg", "brain", "(model-unavailable)")]
+    image = DetectionImage((("fracture", _box(0, 0)),), (ScoredBox("fracture", 0.6, _box(0, 1)),))
+    volume = SegmentedVolume("P1", np.ones((1, 2, 2), bool), np.zeros((1, 2, 2), bool), reached=False)
+    evaluation = PipelineEvaluation(
+        variants=["bare"], datasets={"lgg": {"studies": 1, "test_items": 1, "split_fingerprint": "x"}},
+        routing={"bare": routing_scores(outcomes)},
+        detection={"bare": {"fracatlas": detection_scores([image], ["fracture"], 0.5)}},
+        segmentation={"bare": {"lgg": segmentation_scores([volume])}}, flagged_studies={"bare": {}},
+        models={"modality": {"state": "available", "version": "1", "metrics": {"accuracy": 0.99}},
+                "mri_region": {"state": "not in manifest", "metrics": {}},
+                "fracatlas": {"state": "available", "version": "1", "metrics": {"mAP50": 0.05}},
+                "lgg": {"state": "available", "version": "1", "metrics": {"volume_dice": 0.69}}},
+        errors={"bare": []}, seconds=60.0, cpu_seconds=30.0)
+    report = markdown_report(evaluation, ROUTING)
+    assert report.startswith(f"## {TITLE}")
+    assert "| modality | **all** | bare | 1 | 1 | 100.0% | 0 / 1 | 0 | modality accuracy 0.990 |" in report
+    assert "| mri_region | **all** | bare | 1 | 0 | 0.0% | 0 / 0 | 0 | mri_region: not in manifest |" in report
+    assert "| brain | 1 |" in report and "(model-unavailable)" in report
+    assert "| fracatlas | bare | 1 | 1 | 1 | 1.000 | 0.50 | 1.000 | 1.000 | fracatlas mAP50 0.050;" in report
+    assert "| lgg | bare | 1 | 0 | 1 | 0.000 |" in report and "| P1 | 1 | 1 | 0.000 |" in report
