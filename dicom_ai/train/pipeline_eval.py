@@ -43,7 +43,9 @@ from dicom_ai.train.study_specs import DatasetStudies, StudySpec, dataset_studie
 from dicom_ai.train.studies import VARIANTS, SeriesIdentity, Variant, write_series
 
 ALL_SCORES = 0.001  # the detectors' confidence floor for mAP over all scores
-SEGMENTER_BY_DATASET = {"lgg": "lgg"}  # the segmentation sets and the model the route must reach for them
+# The detection and segmentation sets, and the model (manifest name) the route must reach for each.
+DETECTOR_BY_DATASET = {"brain_tumor_det": "brain_tumor_det", "fracatlas": "fracatlas"}
+SEGMENTER_BY_DATASET = {"lgg": "lgg"}
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,7 +126,8 @@ def score_study(tally: Tally, built: BuiltStudy, findings: StudyFindings) -> Non
             tally.flagged_studies[dataset] += 1
     tally.routes += route_outcomes(built.spec, series)
     if built.spec.boxes:
-        tally.detections.setdefault(dataset, []).extend(detection_images(built, series, dataset))
+        detector = DETECTOR_BY_DATASET[dataset]
+        tally.detections.setdefault(detector, []).extend(detection_images(built, series, detector))
     if built.spec.masks:
         segmenter = SEGMENTER_BY_DATASET[dataset]
         tally.volumes.setdefault(segmenter, []).append(segmented_volume(built, series, segmenter))
