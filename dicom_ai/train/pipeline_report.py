@@ -124,7 +124,8 @@ def _segmentation(evaluation: PipelineEvaluation) -> list[str]:
         first = next(iter(per_variant.values()))
         lines += ["", f"{name}: Dice per patient", ""]
         lines += _table(["patient", "slices", "tumour slices", *(f"Dice {v}" for v in evaluation.variants)],
-                        [[p, str(first.get(p, {}).get("slices", "–")), str(first.get(p, {}).get("tumour_slices", "–")),
+                        [[p, str(first.get(p, {}).get("slices", "–")),
+                          str(first.get(p, {}).get("tumour_slices", "–")),
                           *(_number(per_variant[v].get(p, {}).get("dice")) for v in evaluation.variants)]
                          for p in patients])
     return lines
@@ -143,7 +144,8 @@ def markdown_report(evaluation: PipelineEvaluation, routing: RoutingTree, comman
     studies = ", ".join(f"{name} {d['studies']}" for name, d in evaluation.datasets.items())
     lines = [f"## {TITLE}", "",
              (f"`{command}`, " if command else "") + f"{evaluation.seconds / 60:.1f} min on "
-             f"{evaluation.settings.get('device', 'cpu')} ({evaluation.cpu_seconds / 60:.1f} min of CPU time). The test split of each set (the split each model was "
+             f"{evaluation.settings.get('device', 'cpu')} ({evaluation.cpu_seconds / 60:.1f} min of CPU time). "
+             "The test split of each set (the split each model was "
              f"trained with) wrapped as DICOM studies and read back by `run_study`: {studies} studies per variant. "
              "**honest**: a real modality's header (CT in Hounsfield units with rescale and window, MR and X-ray "
              "at 12 bits, some MONOCHROME1 and some windowed, BodyPartExamined, ImageOrientationPatient where the "

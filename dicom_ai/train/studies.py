@@ -278,5 +278,6 @@ def write_series(images: Sequence[np.ndarray], acquisition: Acquisition, identit
 
 
 __all__ = ["Acquisition", "BODY_PART_VALUES", "DEFAULT_CT_WINDOW", "PLANE_ORIENTATION", "SeriesIdentity",
-           "VARIANTS", "Variant", "bare_instance", "body_part", "grey", "grey_instance", "honest_instance", "hounsfield",
+           "VARIANTS", "Variant", "bare_instance", "body_part", "grey", "grey_instance", "honest_instance",
+           "hounsfield",
            "parse_window", "spanning_window", "stored_grey", "write_series"]
