@@ -225,7 +225,8 @@ def test_evaluate_pipeline_with_honest_headers_routes_every_study_right(tmp_path
     sets = "modality,xray_bodypart,mri_region,mri_planes,brain_tumor_det,fracatlas"
     result = CliRunner().invoke(app, ["evaluate", "pipeline", "--data", str(DATA), "--models", str(MODELS),
                                       "--limit", "1", "--variants", "honest", "--datasets", sets,
-                                      "--json", str(tmp_path / "e.json"), "--markdown", str(tmp_path / "e.md")])
+                                      "--json", str(tmp_path / "e.json"), "--markdown", str(tmp_path / "e.md"),
+                                      "--keep-studies", str(tmp_path / "studies")])
     assert result.exit_code == 0, result.output
     evaluation = json.loads((tmp_path / "e.json").read_text())
     rows = {r["node"]: r for r in evaluation["routing"]["honest"]["rows"] if r["dataset"] == "all"}
@@ -239,6 +240,9 @@ def test_evaluate_pipeline_with_honest_headers_routes_every_study_right(tmp_path
         scored = evaluation["detection"]["honest"][name]
         assert (scored["images"], scored["truth_boxes"]) == (1, expected)
         assert scored["reached_detector"] == 1  # honest MR brain and X-ray headers reach their detector
+    kept = sorted((tmp_path / "studies" / "honest").glob("*/*/*.dcm"))
+    assert {p.parts[-3] for p in kept} == set(sets.split(","))
+    assert {str(pydicom.dcmread(p).Modality) for p in kept} >= {"MR", "DX"}
     markdown = (tmp_path / "e.md").read_text()
     assert markdown.startswith("## End to end: what the node outputs on DICOM studies")
     assert "| modality | **all** | honest | " in markdown
