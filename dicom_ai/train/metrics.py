@@ -74,6 +74,25 @@ def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
     return float(np.sum(gained * np.asarray(precision, dtype=np.float64)))
 
 
+def detection_average_precision(scores: Sequence[float] | np.ndarray, true_positive: Sequence[bool] | np.ndarray,
+                                truth_count: int) -> float | None:
+    """AP of one class over a set of images with the all-point interpolation (PASCAL VOC 2010+): the area under
+    the precision envelope (at each recall, the best precision at that recall or beyond).
+
+    `scores` and `true_positive` list every detection of the class (true positive: matched to an unmatched truth
+    box, see `match_boxes`); recall counts against `truth_count`, so truth no detection found lowers it.
+    None when there is no truth (the class is left out of a mean); 0.0 when there is truth and no detection.
+    """
+    if truth_count <= 0:
+        return None
+    if len(scores) == 0:
+        return 0.0
+    precision, recall = precision_recall_curve(scores, true_positive)
+    recall = recall * (float(np.sum(true_positive)) / truth_count)  # the curve's recall counts found positives only
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    return average_precision(envelope, recall)
+
+
 def dice_iou(predicted: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
     """Dice and IoU of two boolean masks; both empty counts as a perfect match (1.0, 1.0)."""
     p, t = predicted.astype(bool), truth.astype(bool)
