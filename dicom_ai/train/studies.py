@@ -134,7 +134,8 @@ def spanning_window(stored: np.ndarray) -> tuple[float, float]:
     return low + width / 2.0, width
 
 
-def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
+def file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
+    """Part 10 file meta of a new instance in Explicit VR Little Endian (also what the e2e tests' studies use)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_instance
@@ -145,7 +146,7 @@ def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
 
 def _instance(identity: SeriesIdentity, index: int, sop_class: str, modality: str) -> FileDataset:
     uid = identity.instance_uid(index)
-    ds = FileDataset("", Dataset(), file_meta=_file_meta(sop_class, uid), preamble=b"\0" * 128)
+    ds = FileDataset("", Dataset(), file_meta=file_meta(sop_class, uid), preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = sop_class, uid
     ds.StudyInstanceUID, ds.SeriesInstanceUID = identity.study_uid, identity.series_uid
     ds.PatientName, ds.PatientID = "EVALUATION^PIPELINE", identity.patient_id

@@ -19,14 +19,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    DigitalXRayImageStorageForPresentation,
-    ExplicitVRLittleEndian,
-    MRImageStorage,
-    generate_uid,
-)
+from pydicom.dataset import Dataset
+from pydicom.uid import DigitalXRayImageStorageForPresentation, MRImageStorage, generate_uid
+
+
+from dicom_ai.train.studies import file_meta
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DATA_ROOT = Path(os.environ.get("DICOM_AI_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -44,15 +41,6 @@ class BuiltStudy:
 
 def _uid(*parts: object) -> str:
     return generate_uid(entropy_srcs=["dicom-ai-e2e", *map(str, parts)])
-
-
-def _file_meta(sop_class: str, sop_instance: str) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_instance
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    return meta
 
 
 def _patient_and_study(ds: Dataset, patient_id: str, study_uid: str, description: str) -> None:
@@ -113,7 +101,7 @@ def brain_mr_study(out_dir: Path, first_slice: int, count: int, case: str = MR_C
         pixels = np.asarray(Image.open(png).convert("L"), dtype=np.uint16)
         sop_uid = _uid(case, "slice", index)
         ds = Dataset()
-        ds.file_meta = _file_meta(MRImageStorage, sop_uid)
+        ds.file_meta = file_meta(MRImageStorage, sop_uid)
         ds.SOPClassUID = MRImageStorage
         ds.SOPInstanceUID = sop_uid
         _patient_and_study(ds, case, study_uid, "MR BRAIN")
@@ -164,7 +152,7 @@ def hand_dx_study(out_dir: Path, image: str = DX_IMAGE) -> BuiltStudy:
     stem = source.stem
     study_uid, series_uid, sop_uid = _uid(stem, "study"), _uid(stem, "series"), _uid(stem, "image")
     ds = Dataset()
-    ds.file_meta = _file_meta(DigitalXRayImageStorageForPresentation, sop_uid)
+    ds.file_meta = file_meta(DigitalXRayImageStorageForPresentation, sop_uid)
     ds.SOPClassUID = DigitalXRayImageStorageForPresentation
     ds.SOPInstanceUID = sop_uid
     _patient_and_study(ds, f"FRACATLAS_{stem}", study_uid, "XR HAND")
