@@ -22,7 +22,6 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import DigitalXRayImageStorageForPresentation, MRImageStorage, generate_uid
 
-
 from dicom_ai.train.studies import file_meta
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
