@@ -33,11 +33,11 @@ BEFORE: dict[str, float] = {}
 
 
 def _sample(name: str, labels: dict[str, str] | None = None) -> float:
-    from prometheus_client import REGISTRY
+    from dicom_ai.observe.metrics import EVENTS
 
     if labels is not None:
-        return REGISTRY.get_sample_value(name, labels) or 0.0
-    return sum(sample.value for metric in REGISTRY.collect() for sample in metric.samples if sample.name == name)
+        return EVENTS.get_sample_value(name, labels) or 0.0
+    return sum(sample.value for metric in EVENTS.collect() for sample in metric.samples if sample.name == name)
 
 
 @pytest.fixture(scope="module")
