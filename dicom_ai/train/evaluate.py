@@ -124,7 +124,8 @@ def _evaluate_detector(model: LoadedModel, models_dir: Path, source: DetectionSe
         # ultralytics reads a dataset yaml that must name train and val lists; all three list the scored items.
         yaml_path = write_dataset(Path(scratch) / "dataset", {"train": items, "val": items, "test": items}, classes)
         details = score_detector(model.spec.weights_path(models_dir), yaml_path, items, classes,
-                                 model.spec.input_size, BATCH, device, work.resolve() / "val")
+                                 model.spec.input_size, BATCH, device, work.resolve() / "val",
+                                 conf=model.spec.operating_value("confidence", 0.25))  # the shipped operating point
     details["confusion_orientation"] = "rows = prediction, columns = truth (ultralytics)"
     if plots_dir is None:
         return details, []
