@@ -144,7 +144,9 @@ def test_a_study_goes_to_done_with_its_key_image_and_a_dead_letter_is_retried(si
     assert seen[0] in {"receiving", "stable", "queued", "processing"} and seen[-1] == "done", seen
     thumbnail = page.locator("img.key-image").first
     thumbnail.wait_for()
-    assert page.evaluate("img => img.complete && img.naturalWidth > 0", thumbnail.element_handle())
+    thumbnail.scroll_into_view_if_needed()  # the thumbnails load lazily: one below the fold is not fetched
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=thumbnail.element_handle(),
+                           timeout=15000)
     timeline = page.text_content("ol.timeline") or ""
     for kind in ("study.created", "job.claimed", "pipeline.findings", "report.built", "job.done"):
         assert kind in timeline, kind
