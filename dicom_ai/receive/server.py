@@ -257,8 +257,12 @@ class NodeServer(ThreadedAssociationServer):
             association.join()
             association.dimse.discard_unhandled()
             self._close_session(association)
-        except Exception:
-            log.exception("connection from %s:%s failed", *client_address[:2])
+        except Exception as exc:
+            if is_transient(exc):  # a full disk or a database refusing for now: expected, one line, no traceback
+                log.error("connection from %s:%s: its end could not be recorded: %s", *client_address[:2],
+                          summary(exc))
+            else:
+                log.exception("connection from %s:%s failed", *client_address[:2])
             _close(raw)
         finally:
             with self._connections_lock:

@@ -124,3 +124,26 @@ def test_an_instance_refused_on_a_full_disk_that_cannot_be_audited_is_one_line(
         assert [r.getMessage() for r in caplog.records if r.exc_info] == []
         [unaudited] = [r for r in caplog.records if "cannot audit the refused instance" in r.getMessage()]
         assert "disk full" in unaudited.getMessage()
+
+
+def test_an_association_whose_end_cannot_be_recorded_on_a_full_disk_is_one_line(
+        start_node: NodeFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The disk fills after the instance was stored and stays full while the association is released: that its
+    end cannot be audited is one line, not a traceback."""
+    small = get_testdata_file("CT_small.dcm")
+    with mounted_tmpfs(tmp_path / "data", "4m") as data_dir:
+        node = start_node(data_dir=data_dir)
+        ae = AE(ae_title="MODALITY")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+        ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+        association = ae.associate("127.0.0.1", node.port, ae_title="DICOM_AI")
+        assert int(association.send_c_store(pydicom.dcmread(small)).Status) == 0x0000
+        filler = fill(node.data_dir)
+        try:
+            with caplog.at_level(logging.INFO):
+                association.release()
+                wait_for(lambda: any("its end could not be recorded" in r.getMessage() for r in caplog.records), 10,
+                         "the end of the association to be logged")
+        finally:
+            filler.unlink()
+        assert [r.getMessage() for r in caplog.records if r.exc_info] == []
