@@ -65,5 +65,20 @@ def load_weights(module: nn.Module, path: Path) -> nn.Module:
     module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     return module
 
+def load_matching_tensors(module: nn.Module, path: Path) -> tuple[int, int]:
+    """Copy every tensor of the safetensors file `path` whose name and shape match into `module` (the rest keeps
+    its initialisation): a warm start or a pretrained backbone. Returns (copied, tensors in the module); a file
+    with no matching tensor is a ValueError."""
+    from safetensors.torch import load_file
 
-__all__ = ["WeightsError", "file_sha256", "load_weights", "save_weights"]
+    source = load_file(str(path))
+    target = module.state_dict()
+    matched = {k: v.to(target[k].dtype) for k, v in source.items() if k in target and target[k].shape == v.shape}
+    if not matched:
+        raise ValueError(f"no tensor of {path} matches the model (names and shapes differ)")
+    with torch.no_grad():
+        module.load_state_dict(matched, strict=False)
+    return len(matched), len(target)
+
+
+__all__ = ["WeightsError", "file_sha256", "load_matching_tensors", "load_weights", "save_weights"]

@@ -66,10 +66,10 @@ def display_pixels(image: Dataset, frame_number: int) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
-def banner_lines(sources: SeriesSources, plan: SegmentPlan, uid: str, frame_number: int) -> list[str]:
-    """What the key image says in words: that it is AI output, each finding with its class and best score (this
-    frame's first), every header/pixel disagreement of the route, and each model the route asked for that did not
-    run, with why."""
+def banner_lines(sources: SeriesSources, plan: SegmentPlan) -> list[str]:
+    """What the key image says in words: that it is AI output, each finding of the series with its class and best
+    score, every header/pixel disagreement of the route, and each model the route asked for that did not run, with
+    why."""
     findings = sources.findings
     best: dict[str, float] = {}
     for detection in findings.detections:
@@ -121,7 +121,7 @@ def render_overlay(sources: SeriesSources, plan: SegmentPlan, key: KeyFrame) -> 
     size = max(11, min(columns, rows) // 32)
     font = ImageFont.truetype(str(FONT), size) if FONT.is_file() else ImageFont.load_default()
     line_height = size + 3
-    lines = _wrapped(banner_lines(sources, plan, uid, key.frame_number), font, columns - 6)
+    lines = _wrapped(banner_lines(sources, plan), font, columns - 6)
     banner_bottom = min(rows, len(lines) * line_height + 4)
     width = max(1, min(columns, rows) // 256)
     for detection in sources.findings.detections:

@@ -173,19 +173,11 @@ def initialise_from(model: Any, weights: Path) -> int:
 
     ultralytics' trainer rebuilds a yaml-built model from scratch unless the model carries a checkpoint, so the
     copied weights are marked as one (`model.ckpt`) for `train(pretrained=True)` to start from them."""
-    from safetensors.torch import load_file
+    from dicom_ai.models.weights import load_matching_tensors
 
-    import torch
-
-    source = load_file(str(weights))
-    target = model.model.state_dict()
-    matched = {k: v.to(target[k].dtype) for k, v in source.items() if k in target and target[k].shape == v.shape}
-    if not matched:
-        raise ValueError(f"no tensor of {weights} matches the model (names and shapes differ)")
-    with torch.no_grad():
-        model.model.load_state_dict(matched, strict=False)
-    model.ckpt = {"initialised_from": str(weights), "tensors": len(matched)}
-    return len(matched)
+    copied, _ = load_matching_tensors(model.model, weights)
+    model.ckpt = {"initialised_from": str(weights), "tensors": copied}
+    return copied
 
 
 def operating_point(weights: Path, yaml_path: Path, imgsz: int, batch_size: int, device: str,

@@ -112,18 +112,10 @@ def _initialised(module: Any, request: RunRequest, progress: Progress) -> Any:
     """`module` with every tensor of `request.init_weights` whose name and shape match copied in."""
     if request.init_weights is None:
         return module
-    from safetensors.torch import load_file
+    from dicom_ai.models.weights import load_matching_tensors
 
-    import torch
-
-    source = load_file(str(request.init_weights))
-    target = module.state_dict()
-    matched = {k: v.to(target[k].dtype) for k, v in source.items() if k in target and target[k].shape == v.shape}
-    if not matched:
-        raise ValueError(f"no tensor of {request.init_weights} matches a {request.arch}")
-    with torch.no_grad():
-        module.load_state_dict(matched, strict=False)
-    progress(f"initialised {len(matched)} of {len(target)} tensors from {request.init_weights}")
+    copied, total = load_matching_tensors(module, request.init_weights)
+    progress(f"initialised {copied} of {total} tensors from {request.init_weights}")
     return module
 
 

@@ -31,7 +31,7 @@ def test_banner_names_each_class_with_its_score_and_every_flag(report_cases: dic
     findings = _with_flag_and_skipped(case)
     [series] = findings.series
     sources = SeriesSources(series, tuple(case.sources))
-    lines = banner_lines(sources, SegmentPlan({}), str(case.sources[0].SOPInstanceUID), 1)
+    lines = banner_lines(sources, SegmentPlan({}))
     best = max(d.score for d in series.detections)
     assert lines[0].startswith("AI OUTPUT")
     assert f"{series.detections[0].label} {best:.2f}" in lines[1]
