@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections import Counter
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -19,7 +21,10 @@ from sqlalchemy import func, select
 from dicom_ai.store.controls import Control, NodeControl
 from dicom_ai.store.database import Database
 from dicom_ai.store.models import Job, Study, utcnow
+from dicom_ai.store.node_runs import ROLES
 from dicom_ai.store.outbox_model import OutboxItem, OutboxState
+from dicom_ai.store.overview import ListenerState, ListenerStatus
+from dicom_ai.store.process_table import process_rows
 from dicom_ai.store.records import JobState, StudyState
 
 log = logging.getLogger(__name__)
@@ -27,7 +32,9 @@ log = logging.getLogger(__name__)
 
 class StoreCollector(Collector):
     """`dicomai_jobs{state}`, `dicomai_job_oldest_queued_age_seconds`, `dicomai_studies{state}`,
-    `dicomai_outbox{state}`, `dicomai_paused{control}`, `dicomai_database_up`, `dicomai_spool_free_bytes`."""
+    `dicomai_outbox{state}`, `dicomai_paused{control}`, `dicomai_processes{role,state}`,
+    `dicomai_process_heartbeat_age_seconds{host,pid,roles,state}`, `dicomai_database_up`,
+    `dicomai_spool_free_bytes`."""
 
     def __init__(self, database: Database, data_dir: Path) -> None:
         self.database = database
@@ -59,6 +66,8 @@ class StoreCollector(Collector):
             studies = dict(session.execute(select(Study.state, func.count()).group_by(Study.state)).all())
             outbox = dict(session.execute(select(OutboxItem.state, func.count()).group_by(OutboxItem.state)).all())
             paused = dict(session.execute(select(NodeControl.name, NodeControl.paused)).all())
+        processes = [row.status for row in process_rows(self.database, keep_stopped=timedelta(0))
+                     if row.status.state != ListenerState.STOPPED]
         return [
             _by_label("dicomai_jobs", "Jobs by state", "state", {s.value: jobs.get(s.value, 0) for s in JobState}),
             _single("dicomai_job_oldest_queued_age_seconds", "Age of the oldest queued job (0 when none is queued)",
@@ -69,7 +78,28 @@ class StoreCollector(Collector):
                       {s.value: outbox.get(s.value, 0) for s in OutboxState}),
             _by_label("dicomai_paused", "1 while an operator has paused processing / sending", "control",
                       {c.value: int(bool(paused.get(c.value))) for c in Control}),
+            *_process_families(processes),
         ]
+
+
+def _process_families(processes: list[ListenerStatus]) -> list[Metric]:
+    """Processes of each role by state (every state of every role, so an alert can test `== 0`), and each one's
+    heartbeat age: a listener or worker on another host that stopped heartbeating shows here."""
+    by_role = GaugeMetricFamily("dicomai_processes", "dicom-ai serve processes (any host) by role and state",
+                                labels=["role", "state"])
+    counts = Counter((role, process.state) for process in processes for role in process.roles.split(","))
+    for role in ROLES:
+        for state in ListenerState:
+            if state != ListenerState.STOPPED:
+                by_role.add_metric([role, state.value], float(counts[(role, state.value)]))
+    age = GaugeMetricFamily("dicomai_process_heartbeat_age_seconds",
+                            "Seconds since each running-or-not-stopped process's last heartbeat",
+                            labels=["host", "pid", "roles", "state"])
+    now = utcnow()
+    for process in processes:
+        age.add_metric([process.hostname, str(process.pid), process.roles, process.state],
+                       (now - process.last_seen_at).total_seconds())
+    return [by_role, age]
 
 
 def _single(name: str, documentation: str, value: float) -> Metric:

@@ -24,6 +24,7 @@ from dicom_ai.store.models import NodeRun, utcnow
 log = logging.getLogger(__name__)
 
 DEAD_AFTER_HEARTBEATS = 3
+ROLES = ("listener", "worker", "sender", "monitor")  # what `roles` lists (dicom_ai.node.Role)
 
 
 def dead_after(heartbeat_seconds: float) -> timedelta:
@@ -32,7 +33,7 @@ def dead_after(heartbeat_seconds: float) -> timedelta:
 
 
 def start_node_run(database: Database, ae_title: str, bind: str, port: int, tls: bool,
-                   roles: str = "listener,worker,sender,monitor") -> int:
+                   roles: str = ",".join(ROLES)) -> int:
     """Record this process's run; `bind`/`port` are "" / 0 without the listener role."""
     with database.session() as session:
         run = NodeRun(hostname=socket.gethostname(), pid=os.getpid(), ae_title=ae_title, bind=bind, port=port,

@@ -163,7 +163,7 @@ def node_status(database: Database, recent: int = 10, stale_after: timedelta = L
     with database.session() as session:
         latest = session.scalar(select(NodeRun).where(NodeRun.port != 0).order_by(NodeRun.id.desc()).limit(1))
         open_runs = session.scalars(select(NodeRun).where(NodeRun.stopped_at.is_(None)).order_by(NodeRun.id))
-        processes = [process for process in (_listener(run, stale_after) for run in open_runs)
+        processes = [process for process in (run_status(run, stale_after) for run in open_runs)
                      if process.state != ListenerState.GONE]  # a gone run is history unless it is the latest
         listeners = [process for process in processes if process.port]
         if not listeners and latest is not None:
@@ -186,7 +186,8 @@ def node_status(database: Database, recent: int = 10, stale_after: timedelta = L
     )
 
 
-def _listener(run: NodeRun, stale_after: timedelta) -> ListenerStatus:
+def run_status(run: NodeRun, stale_after: timedelta) -> ListenerStatus:
+    """What became of `run`, as far as this process can tell (see `ListenerState`)."""
     if run.stopped_at is not None:
         state = ListenerState.STOPPED
     elif run.hostname == socket.gethostname() and not process_exists(run.pid):

@@ -10,6 +10,7 @@ from fastapi import APIRouter, File, HTTPException, Request, UploadFile
 from pydantic import BaseModel
 
 from dicom_ai import operations
+from dicom_ai.store.process_table import process_rows
 from dicom_ai.store.controls import Control, control_states
 from dicom_ai.store.outbox_model import OutboxState
 from dicom_ai.store.overview import UnknownStudy, study_list, study_trail, to_jsonable
@@ -78,6 +79,17 @@ def models(request: Request) -> dict[str, Any]:
     from dicom_ai.job import models_status
 
     return models_status(context.settings, context.registry())
+
+
+@router.get("/processes")
+def processes(request: Request) -> list[dict[str, Any]]:
+    """Every serve process on any host (also those stopped in the last hour): roles, host, pid, heartbeat, state,
+    and the jobs and deliveries it holds now."""
+    viewer(request)
+    return [{**to_jsonable(row.status), "name": row.name, "jobs_held": row.jobs_held,
+             "deliveries_held": row.deliveries_held,
+             "oldest_lease_expires_at": to_jsonable(row.oldest_lease_expires_at)}
+            for row in process_rows(_context(request).database)]
 
 
 @router.get("/controls")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from dicom_ai.store.controls import Control
 from dicom_ai.store.models import utcnow
 from dicom_ai.store.outbox_model import OutboxState
 from dicom_ai.store.overview import UnknownStudy, arrivals, study_list, study_trail
+from dicom_ai.store.process_table import KEEP_STOPPED, process_rows
 from dicom_ai.store.previews import list_previews, preview_path
 from dicom_ai.web import actions
 from dicom_ai.web.analysis import analyse_upload
@@ -110,6 +112,8 @@ def overview(request: Request, flash: str = "") -> Response:
     since = utcnow() - timedelta(minutes=CHART_MINUTES)
     instances, studies = arrivals(context.database, since, CHART_BUCKETS)
     checks = context.readiness.checks()
+    processes = Counter(row.status.state for row in process_rows(context.database, keep_stopped=timedelta(0))
+                        if row.status.state != "stopped")
     # one pass over the metrics registry (each get_sample_value would collect everything again)
     samples = {s.name: s.value for family in request.app.state.metrics.collect() for s in family.samples
                if not s.labels}
@@ -119,7 +123,7 @@ def overview(request: Request, flash: str = "") -> Response:
                    associations=int(samples.get("dicomai_associations_active", 0)),
                    oldest_queued=f"{oldest:.0f} s ago" if oldest else "none queued",
                    free_text=f"{free / 2**30:.1f} GiB free in {context.settings.storage.data_dir}",
-                   chart=_chart(instances, studies), flash=flash,
+                   chart=_chart(instances, studies), flash=flash, processes=processes,
                    instances_per_second=sum(instances[-1:]) / (CHART_MINUTES * 60 / CHART_BUCKETS),
                    instances_hour=sum(instances), studies_hour=sum(studies))
 
@@ -176,6 +180,14 @@ def jobs(request: Request, flash: str = "") -> Response:
     context = _context(request)
     view = operations.node_status_view(context.settings, context.database, recent=50, registry=context.registry())
     return _render(request, "jobs.html", identity, view=view, flash=flash)
+
+
+@router.get("/processes")
+def processes(request: Request) -> Response:
+    identity = viewer(request)
+    rows = process_rows(_context(request).database)
+    return _render(request, "processes.html", identity, rows=rows, keep_hours=KEEP_STOPPED.total_seconds() / 3600,
+                   states=Counter(row.status.state for row in rows))
 
 
 @router.get("/outbox")

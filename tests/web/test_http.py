@@ -7,6 +7,7 @@ One node (jobs run the quick `tests.store.handlers:ok`) serves the whole module.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -279,6 +280,20 @@ def test_the_models_page_shows_each_card_with_version_and_checksum(base: str) ->
     text = page.decode()
     assert status == 200 and text.count('class="card wide model"') >= 1
     assert "checksum (sha256)" in text and "version" in text
+
+
+def test_the_processes_page_the_api_and_the_metrics_list_this_node_process(node: Node, base: str) -> None:
+    client, auth = Client(base), {"Authorization": f"Bearer {TOKEN}"}
+    _, listed = client.get_json("/api/processes", **auth)
+    mine = [p for p in listed if p["pid"] == os.getpid() and p["stopped_at"] is None]
+    assert [(p["roles"], p["state"], p["port"]) for p in mine] == [
+        ("listener,worker,sender,monitor", "running", node.listener.address[1])]
+    status, _, page = client.request("GET", "/processes", headers=auth)
+    assert status == 200 and f'data-name="{mine[0]["name"]}"' in page.decode()
+    _, _, overview = client.request("GET", "/", headers=auth)
+    assert 'id="process-summary"' in overview.decode() and "1 running" in overview.decode()
+    _, _, metrics = client.request("GET", "/metrics", headers=auth)
+    assert 'dicomai_processes{role="worker",state="running"} 1.0' in metrics.decode()
 
 
 def test_a_refused_operator_request_is_a_409_with_the_reason(base: str) -> None:
