@@ -58,7 +58,8 @@ def test_prometheus_config_and_alert_rules_pass_promtool() -> None:
         assert result.returncode == 0, result.stdout + result.stderr
     alerts = {rule["alert"] for group in yaml.safe_load((COMPOSE / "prometheus" / "dicom-ai.rules.yml").read_text())
               ["groups"] for rule in group["rules"]}
-    assert {"DicomAiQueueGrowing", "DicomAiDeadLetters", "DicomAiDiskLow", "DicomAiListenerDown"} <= alerts
+    assert {"DicomAiQueueGrowing", "DicomAiDeadLetters", "DicomAiDiskLow", "DicomAiListenerDown",
+            "DicomAiProcessDown"} <= alerts
 
 
 def test_the_compose_file_is_valid_and_has_the_whole_stack() -> None:
