@@ -35,7 +35,7 @@ from dicom_ai.send.sender import ResultSender
 from dicom_ai.startup import run_startup_checks
 from dicom_ai.store.database import Database, DatabaseError, open_database
 from dicom_ai.store.node_lock import DataDirInUse, DataDirLock, HeldLock
-from dicom_ai.store.node_runs import NodeRunHeartbeat, start_node_run, stop_node_run
+from dicom_ai.store.node_runs import NodeRunHeartbeat, dead_after, live_runs, start_node_run, stop_node_run
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.recorder import replay_orphan_journals
 from dicom_ai.store.retention import PurgeSchedule, finish_interrupted_purges
@@ -118,6 +118,8 @@ class Node:
         bind, port = "", 0
         if Role.LISTENER in roles:
             bind, port = self._start_listener(database, spool)
+        if Role.MONITOR in roles:
+            self._restart_quiet_periods(queue, embedded)  # before this run is recorded: see there
         self._run_id = start_node_run(database, settings.node.ae_title, bind, port, settings.tls.enabled,
                                       roles_text(roles))
         for lock in self._locks:
@@ -160,11 +162,24 @@ class Node:
                  " (DICOM TLS)" if settings.tls.enabled else "", settings.storage.data_dir)
         return bind, port
 
-    def _start_monitor(self, database: Database, queue: JobQueue, spool: Spool) -> None:
+    def _restart_quiet_periods(self, queue: JobQueue, embedded: bool) -> None:
+        """Studies still receiving get a fresh quiet period (dicom_ai.store.stability), unless another monitor is
+        alive (PostgreSQL, any host): that one has been watching all along. Decided before this process's run is
+        recorded, so a monitor that finds this one's run alive knows that this decision is already committed; two
+        monitors starting at once may both restart them, which only delays those studies by the same quiet period.
+        On SQLite the data-directory lock makes this the only monitor."""
+        if not embedded:
+            watching = live_runs(queue.database, Role.MONITOR.value, dead_after(self.settings.queue.heartbeat_seconds))
+            if watching:
+                log.info("monitor(s) %s already running: quiet periods of receiving studies go on as they are",
+                         ", ".join(watching))
+                return
         restarted = queue.restart_quiet_periods()
         if restarted:
             log.info("%d study(ies) were receiving when the monitor started; each is analysed once no instance has "
                      "arrived for %g s from now", len(restarted), self.settings.queue.stable_after_seconds)
+
+    def _start_monitor(self, database: Database, queue: JobQueue, spool: Spool) -> None:
         # Each round also records what a listener that died (on any host) answered for but had not committed.
         self.monitor = StabilityMonitor(queue, on_tick=lambda: replay_orphan_journals(database, spool.root),
                                         on_queued=lambda _jobs: self.worker.wake() if self.worker else None)
