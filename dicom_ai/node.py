@@ -7,12 +7,13 @@ spool retention), `worker` (claims jobs, runs the pipeline, queues results in th
 number of hosts against one PostgreSQL database and one shared spool: every decision (study complete, job due, who
 holds a job or a delivery) is made in the database (see README "Running on several machines").
 
-Start-up checks every setting that can only be checked against the machine (writable spool, database reachable,
-handler importable, port free) and raises `ConfigError` naming the key. On SQLite (one host, one embedded database)
-the process holds `<data_dir>/<role>.lock` for each of its roles (dicom_ai.store.node_lock): one listener, one
-worker, one sender and one monitor per data directory, which is what makes the start-up shortcuts safe (re-running
-at once the jobs and deliveries a killed process left behind). On PostgreSQL no lock is taken: several processes of
-a role share the spool, and leases decide. Each process records its run (dicom_ai.store.node_runs) and heartbeats.
+Start-up checks every setting that can only be checked against the machine (writable spool, database reachable, the
+clock in step with a server database's, handler importable, port free) and raises `ConfigError` naming the key. On
+SQLite (one host, one embedded database) the process holds `<data_dir>/<role>.lock` for each of its roles
+(dicom_ai.store.node_lock): one listener, one worker, one sender and one monitor per data directory, which is what
+makes the start-up shortcuts safe (re-running at once the jobs and deliveries a killed process left behind). On
+PostgreSQL no lock is taken: several processes of a role share the spool, and leases decide. Each process records its
+run (dicom_ai.store.node_runs) and heartbeats.
 
 Stop order: the listener first (no new data; in-flight associations finish or are aborted), then the worker
 (running jobs get `stop_timeout` seconds, then their leases are released so they run again), then the monitor,
