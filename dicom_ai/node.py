@@ -7,12 +7,13 @@ spool retention), `worker` (claims jobs, runs the pipeline, queues results in th
 number of hosts against one PostgreSQL database and one shared spool: every decision (study complete, job due, who
 holds a job or a delivery) is made in the database (see README "Running on several machines").
 
-Start-up checks every setting that can only be checked against the machine (writable spool, database reachable,
-handler importable, port free) and raises `ConfigError` naming the key. On SQLite (one host, one embedded database)
-the process holds `<data_dir>/<role>.lock` for each of its roles (dicom_ai.store.node_lock): one listener, one
-worker, one sender and one monitor per data directory, which is what makes the start-up shortcuts safe (re-running
-at once the jobs and deliveries a killed process left behind). On PostgreSQL no lock is taken: several processes of
-a role share the spool, and leases decide. Each process records its run (dicom_ai.store.node_runs) and heartbeats.
+Start-up checks every setting that can only be checked against the machine (writable spool, database reachable, the
+clock in step with a server database's, handler importable, port free) and raises `ConfigError` naming the key. On
+SQLite (one host, one embedded database) the process holds `<data_dir>/<role>.lock` for each of its roles
+(dicom_ai.store.node_lock): one listener, one worker, one sender and one monitor per data directory, which is what
+makes the start-up shortcuts safe (re-running at once the jobs and deliveries a killed process left behind). On
+PostgreSQL no lock is taken: several processes of a role share the spool, and leases decide. Each process records its
+run (dicom_ai.store.node_runs) and heartbeats.
 
 Stop order: the listener first (no new data; in-flight associations finish or are aborted), then the worker
 (running jobs get `stop_timeout` seconds, then their leases are released so they run again), then the monitor,
@@ -35,7 +36,7 @@ from dicom_ai.send.sender import ResultSender
 from dicom_ai.startup import run_startup_checks
 from dicom_ai.store.database import Database, DatabaseError, open_database
 from dicom_ai.store.node_lock import DataDirInUse, DataDirLock, HeldLock
-from dicom_ai.store.node_runs import NodeRunHeartbeat, start_node_run, stop_node_run
+from dicom_ai.store.node_runs import NodeRunHeartbeat, dead_after, live_runs, start_node_run, stop_node_run
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.recorder import replay_orphan_journals
 from dicom_ai.store.retention import PurgeSchedule, finish_interrupted_purges
@@ -118,6 +119,8 @@ class Node:
         bind, port = "", 0
         if Role.LISTENER in roles:
             bind, port = self._start_listener(database, spool)
+        if Role.MONITOR in roles:
+            self._restart_quiet_periods(queue, embedded)  # before this run is recorded: see there
         self._run_id = start_node_run(database, settings.node.ae_title, bind, port, settings.tls.enabled,
                                       roles_text(roles))
         for lock in self._locks:
@@ -160,11 +163,24 @@ class Node:
                  " (DICOM TLS)" if settings.tls.enabled else "", settings.storage.data_dir)
         return bind, port
 
-    def _start_monitor(self, database: Database, queue: JobQueue, spool: Spool) -> None:
+    def _restart_quiet_periods(self, queue: JobQueue, embedded: bool) -> None:
+        """Studies still receiving get a fresh quiet period (dicom_ai.store.stability), unless another monitor is
+        alive (PostgreSQL, any host): that one has been watching all along. Decided before this process's run is
+        recorded, so a monitor that finds this one's run alive knows that this decision is already committed; two
+        monitors starting at once may both restart them, which only delays those studies by the same quiet period.
+        On SQLite the data-directory lock makes this the only monitor."""
+        if not embedded:
+            watching = live_runs(queue.database, Role.MONITOR.value, dead_after(self.settings.queue.heartbeat_seconds))
+            if watching:
+                log.info("monitor(s) %s already running: quiet periods of receiving studies go on as they are",
+                         ", ".join(watching))
+                return
         restarted = queue.restart_quiet_periods()
         if restarted:
             log.info("%d study(ies) were receiving when the monitor started; each is analysed once no instance has "
                      "arrived for %g s from now", len(restarted), self.settings.queue.stable_after_seconds)
+
+    def _start_monitor(self, database: Database, queue: JobQueue, spool: Spool) -> None:
         # Each round also records what a listener that died (on any host) answered for but had not committed.
         self.monitor = StabilityMonitor(queue, on_tick=lambda: replay_orphan_journals(database, spool.root),
                                         on_queued=lambda _jobs: self.worker.wake() if self.worker else None)

@@ -17,8 +17,8 @@ app.add_typer(config_app, name="config")
 @config_app.command("check")
 def check(config: ConfigOption = None) -> None:
     """Validate every setting and run every start-up check of `serve` except listening (data directory writable,
-    database driver installed and server reachable, models and routing tree found, job handler importable, TLS
-    files loadable); exit 2 on the first problem."""
+    database driver installed and server reachable, this host's clock in step with a database server's, models and
+    routing tree found, job handler importable, TLS files loadable); exit 2 on the first problem."""
     settings = settings_or_exit(config)
     try:
         checked = run_startup_checks(settings)

@@ -13,7 +13,8 @@ SOP Instance UIDs, so a PACS keeps one copy. `retry_dead` re-arms dead letters.
 
 Audit events (kind, one per object and destination): `send.queued`, `send.stored` (an attempt that succeeded),
 `send.failed` (an attempt that failed, with the next attempt time), `send.dead` (the attempt that made it a dead
-letter, or a row whose destination is no longer in `[nodes]`), `send.interrupted`, `send.retry`.
+letter, or a row whose destination is no longer in `[nodes]`), `send.interrupted`, `send.retry`. The outcome of an
+attempt and an interruption name the sender process (`sender`: `host:pid`), so the trail shows which host sent.
 
 A sender that is not in `[nodes]` (a modality's calling AE title, with no host or port to send to) is a
 configuration fact, not a delivery failure: `send.unroutable` is recorded once per study (and logged once), and no
@@ -322,7 +323,7 @@ class Outbox:
             add_event(session, "send.stored", study_uid=row.study_uid, job_id=row.job_id, series_uid=row.series_uid,
                       sop_instance_uid=row.sop_instance_uid,
                       detail={"destination": row.destination, "ae_title": row.destination_ae,
-                              "attempt": row.attempts, **(detail or {})})
+                              "attempt": row.attempts, "sender": self.holder, **(detail or {})})
         self._discard_unreferenced([str(entry.file_path)])
         return True
 
@@ -340,7 +341,7 @@ class Outbox:
             row.lease_expires_at = None
             detail: dict[str, Any] = {"destination": row.destination, "ae_title": row.destination_ae,
                                       "attempt": row.attempts, "max_attempts": self.settings.max_attempts,
-                                      "error": error}
+                                      "sender": self.holder, "error": error}
             if final or row.attempts >= self.settings.max_attempts:
                 row.state = OutboxState.DEAD
                 kind = "send.dead"

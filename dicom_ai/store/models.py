@@ -102,6 +102,9 @@ class Study(Base):
     ahead_of: Mapped[datetime | None] = mapped_column(
         UtcDateTime, doc="the last_received_at a worker analysed the study ahead at (one worker per state, any host)")
     ahead_by: Mapped[str | None] = mapped_column(String(128), doc="that worker process (host:pid)")
+    quiet_from: Mapped[datetime | None] = mapped_column(
+        UtcDateTime, doc="a restarted quiet period: receiving, the study counts as quiet from max(last_received_at, "
+                         "quiet_from) (dicom_ai.store.stability)")
 
     series: Mapped[list[Series]] = relationship(back_populates="study", order_by="Series.id")
     jobs: Mapped[list[Job]] = relationship(back_populates="study", order_by="Job.id")

@@ -64,6 +64,20 @@ def mark_dead_runs(database: Database, older_than: timedelta) -> list[int]:
     return ids
 
 
+def live_runs(database: Database, role: str, fresh_within: timedelta) -> list[str]:
+    """`host:pid` of the other processes running `role` that are alive: not stopped, not marked dead, a heartbeat
+    younger than `fresh_within`. On this host a run counts only while its process exists (a process killed a moment
+    ago leaves a fresh heartbeat behind), and never a run of this process's pid (an earlier process's, since the
+    caller has not recorded its own run yet)."""
+    here, now = socket.gethostname(), utcnow()
+    with database.session() as session:
+        runs = list(session.execute(select(NodeRun.hostname, NodeRun.pid, NodeRun.roles).where(
+            NodeRun.stopped_at.is_(None), NodeRun.dead_at.is_(None), NodeRun.heartbeat_at >= now - fresh_within)
+            .order_by(NodeRun.id)))
+    return [f"{host}:{pid}" for host, pid, roles in runs if role in roles.split(",")
+            and not (host == here and (pid == os.getpid() or not process_exists(pid)))]
+
+
 def stop_node_run(database: Database, run_id: int) -> None:
     with database.session() as session:
         now = utcnow()

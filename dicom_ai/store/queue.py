@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Select, case, func, or_, select, update
+from sqlalchemy import Row, Select, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from dicom_ai.backoff import backoff_delay
@@ -32,7 +32,7 @@ from dicom_ai.store.database import Database, add_event, set_study_state
 from dicom_ai.store.models import Instance, Job, Series, Study, utcnow
 from dicom_ai.store.records import (ClaimedJob, CompletionResult, JobFence, JobInstance, JobState,
                                     ReceivingStudy, StudyState)
-from dicom_ai.store.stability import mark_quiet_studies_stable, mark_stable
+from dicom_ai.store.stability import QUIET_SINCE, mark_quiet_studies_stable, mark_stable
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +58,18 @@ class JobQueue:
         self.settings = settings
         self._clock = clock
         self._lease = timedelta(seconds=settings.lease_seconds)
-        self._quiet_from: datetime | None = None  # see restart_quiet_periods
 
     def restart_quiet_periods(self) -> list[str]:
-        """At start-up: studies still receiving get a fresh quiet period from now (see dicom_ai.store.stability);
-        each gets a `study.quiet_period_restarted` event. Returns their UIDs."""
+        """At a monitor's start-up: studies still receiving get a fresh quiet period from now, in their rows
+        (`quiet_from`, see dicom_ai.store.stability), each with a `study.quiet_period_restarted` event in the same
+        transaction. Returns their UIDs."""
         now = self._clock()
-        self._quiet_from = now
         stable_at = (now + timedelta(seconds=self.settings.stable_after_seconds)).isoformat()
         with self.database.write_session() as session:
             receiving = list(session.scalars(select(Study).where(Study.state == StudyState.RECEIVING)
-                                             .order_by(Study.id)))
+                                             .order_by(Study.id).with_for_update()))
             for study in receiving:
+                study.quiet_from = now
                 add_event(session, "study.quiet_period_restarted", study_uid=study.study_uid, detail={
                     "reason": "the node started while the study was receiving; its sender may not be done",
                     "last_received_at": study.last_received_at.isoformat(), "stable_at_earliest": stable_at})
@@ -81,8 +81,7 @@ class JobQueue:
         """Mark quiet studies stable and queue a job for every stable study without an active job."""
         now = self._clock()
         with self.database.write_session() as session:
-            mark_quiet_studies_stable(session, now, timedelta(seconds=self.settings.stable_after_seconds),
-                                      self._quiet_from)
+            mark_quiet_studies_stable(session, now, timedelta(seconds=self.settings.stable_after_seconds))
             created = []
             stable = select(Study).where(Study.state == StudyState.STABLE).order_by(Study.id)
             for study in session.scalars(stable.with_for_update(skip_locked=True)):
@@ -151,9 +150,9 @@ class JobQueue:
             if is_paused(session, Control.PROCESSING):
                 return None
             quietest = _quietest_receiving_study(session, analysed or {}, unclaimed=claimant is not None)
-            if quietest is None or self._quiet_since(quietest[2]) > quiet_since:
+            if quietest is None or quietest.quiet_since > quiet_since:
                 return None
-            study_id, study_uid, last_received_at = quietest
+            study_id, study_uid, last_received_at = quietest.id, quietest.study_uid, quietest.last_received_at
             if claimant is not None:
                 claimed = session.execute(
                     update(Study).where(Study.id == study_id, Study.state == StudyState.RECEIVING,
@@ -182,12 +181,8 @@ class JobQueue:
             quietest = _quietest_receiving_study(session, analysed or {}, unclaimed=unclaimed)
         if quietest is None:
             return None
-        due = self._quiet_since(quietest[2]) + timedelta(seconds=quiet_seconds)
+        due = quietest.quiet_since + timedelta(seconds=quiet_seconds)
         return max(0.0, (due - self._clock()).total_seconds())
-
-    def _quiet_since(self, last_received_at: datetime) -> datetime:
-        """Since when a receiving study counts as quiet: its last instance, or the start-up if that came later."""
-        return last_received_at if self._quiet_from is None else max(last_received_at, self._quiet_from)
 
     def last_received_at(self, study_uid: str) -> datetime | None:
         """When the study's latest instance (not one of our outputs) was received; None for an unknown study."""
@@ -430,15 +425,16 @@ def next_due_job(now: datetime, prefer_ahead_by: str | None = None) -> Select[tu
 
 
 def _quietest_receiving_study(session: Session, analysed: Mapping[str, datetime],
-                              unclaimed: bool = False) -> tuple[int, str, datetime] | None:
-    """(id, UID, last_received_at) of the receiving study that has been quiet longest, skipping those whose
-    last_received_at is the one in `analysed` and, with `unclaimed`, those a worker analysed ahead in their
-    current state; None when none is left."""
-    query = select(Study.id, Study.study_uid, Study.last_received_at).where(Study.state == StudyState.RECEIVING)
+                              unclaimed: bool = False) -> Row[tuple[int, str, datetime, datetime]] | None:
+    """(id, study_uid, last_received_at, quiet_since) of the receiving study that has been quiet longest (counted
+    from `stability.QUIET_SINCE`), skipping those whose last_received_at is the one in `analysed` and, with
+    `unclaimed`, those a worker analysed ahead in their current state; None when none is left."""
+    query = (select(Study.id, Study.study_uid, Study.last_received_at, QUIET_SINCE.label("quiet_since"))
+             .where(Study.state == StudyState.RECEIVING))
     if unclaimed:
         query = query.where(or_(Study.ahead_of.is_(None), Study.ahead_of != Study.last_received_at))
-    rows = session.execute(query.order_by(Study.last_received_at))
-    return next(((study_id, uid, last) for study_id, uid, last in rows if analysed.get(uid) != last), None)
+    rows = session.execute(query.order_by(QUIET_SINCE, Study.id))
+    return next((row for row in rows if analysed.get(row.study_uid) != row.last_received_at), None)
 
 
 def _analysable_instances(session: Session, study_id: int) -> tuple[JobInstance, ...]:

@@ -5,7 +5,13 @@ or at once when an operator says so (`dicom-ai study complete UID`). There is no
 the quiet period is the standard rule; a late instance re-opens the study (see `Database.record_instance`).
 A study that was still receiving when the node started gets a fresh quiet period from the start-up
 (`JobQueue.restart_quiet_periods`): while the node was down its sender could not send, so the time it was down
-says nothing about whether the study is complete.
+says nothing about whether the study is complete. The fresh quiet period is written in the study's row
+(`studies.quiet_from`): a receiving study counts as quiet from max(last_received_at, quiet_from) (`QUIET_SINCE`, one
+SQL expression for SQLite and PostgreSQL), so every monitor and every worker analysing ahead, on any host, counts it.
+
+With several monitors on one PostgreSQL database, a monitor that starts while another one is alive leaves the quiet
+periods as they are: that one has been watching all along, so nothing was interrupted (`Node` decides, from
+`node_runs`, before it records its own run). Only a monitor that finds no other one alive restarts them.
 """
 
 from __future__ import annotations
@@ -16,12 +22,12 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from dicom_ai.store.database import set_study_state
 from dicom_ai.store.health import FailureLog
-from dicom_ai.store.models import Series, Study
+from dicom_ai.store.models import Series, Study, UtcDateTime
 from dicom_ai.store.records import StudyState
 
 if TYPE_CHECKING:
@@ -31,16 +37,18 @@ log = logging.getLogger(__name__)
 
 WAKE_MARGIN_SECONDS = 0.02  # sleep a little past a quiet time's end, so it has ended by the database's clock too
 
+# Since when a receiving study counts as quiet: its last instance, or its restarted quiet period if that is later.
+# (A NULL quiet_from makes the comparison NULL, so the CASE falls to last_received_at on both backends.)
+QUIET_SINCE = type_coerce(case((Study.quiet_from > Study.last_received_at, Study.quiet_from),
+                               else_=Study.last_received_at), UtcDateTime)
 
-def mark_quiet_studies_stable(session: Session, now: datetime, quiet_period: timedelta,
-                              quiet_from: datetime | None = None) -> list[Study]:
-    """Move every receiving study that has been quiet for `quiet_period` (counted from `quiet_from` at the
-    earliest: the node's start-up) to `stable`; return them."""
-    if quiet_from is not None and quiet_from > now - quiet_period:
-        return []
+
+def mark_quiet_studies_stable(session: Session, now: datetime, quiet_period: timedelta) -> list[Study]:
+    """Move every receiving study that has been quiet for `quiet_period` (counted from `QUIET_SINCE`) to `stable`;
+    return them."""
     quiet = list(session.scalars(
-        select(Study).where(Study.state == StudyState.RECEIVING, Study.last_received_at <= now - quiet_period)
-        .order_by(Study.last_received_at).with_for_update(skip_locked=True)
+        select(Study).where(Study.state == StudyState.RECEIVING, QUIET_SINCE <= now - quiet_period)
+        .order_by(QUIET_SINCE).with_for_update(skip_locked=True)
     ))
     for study in quiet:
         mark_stable(session, study, reason=f"no new instance for {quiet_period.total_seconds():g} s")

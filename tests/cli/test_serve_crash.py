@@ -167,15 +167,16 @@ def node(node_factory: Callable[..., ServedNode]) -> ServedNode:
 
 
 class StoreSCU:
-    """dcmtk storescu sending a folder; records the SOP Instance UIDs whose C-STORE was acknowledged."""
+    """dcmtk storescu sending a folder (to a listener at `address`); records the SOP Instance UIDs whose C-STORE was
+    acknowledged."""
 
-    def __init__(self, port: int, folder: Path) -> None:
+    def __init__(self, port: int, folder: Path, address: str = "127.0.0.1") -> None:
         self.acknowledged: list[str] = []
         self._uid_of = {str(p): pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
                         for p in folder.glob("*.dcm")}
         self.process = subprocess.Popen(
             [str(dcmtk_tool("storescu")), "-v", "-aet", "MODALITY", "-aec", "DICOM_AI", "+sd", "+r", "+sp", "*.dcm",
-             "127.0.0.1", str(port), str(folder)],
+             address, str(port), str(folder)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, "TCP_NODELAY": "1"})
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

@@ -6,7 +6,12 @@ one shared directory and Orthanc as the PACS; storescu sends from outside (this 
   both hosts; Orthanc holds one copy;
 - a worker host is cut off (`ip link set ... down`) while it holds a job: the job is reclaimed and finished
   elsewhere; when the link comes back the old worker's results are refused (LeaseLost) and it queues nothing;
-- a study's two series sent to listeners on two hosts: one study, one job, one result.
+- a study's two series sent to listeners on two hosts: one study, one job, one result;
+- a host's sender is killed mid-delivery: another host's sender delivers after the lease; each result arrives in
+  Orthanc once (same SOP Instance UIDs) and the trail names both hosts;
+- PostgreSQL restarts while listeners on two hosts receive one study: what cannot be recorded is refused, never
+  acknowledged; both listeners reconnect by themselves; every acknowledged instance is in the database and the study
+  is analysed once.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from tests.store.conftest import (  # noqa: F401  (fixture)
     postgres_server,
     restart_postgres_server,
 )
+from tests.cli.test_serve_crash import StoreSCU
 from tests.support.cluster import Cluster, RoleProcess, make_series, pacs_copies, send_study, storescu
 from tests.support.netns import Host, hosts, netns_available
 from tests.support.orthanc import OrthancNode
@@ -42,11 +48,16 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def three_hosts(postgres_server: str) -> Iterator[list[Host]]:  # noqa: F811
     with hosts(3) as (made, network):
-        open_postgres_server_to(postgres_server, ",".join(host.gateway for host in made), network)
+        open_postgres_server_to(postgres_server, gateways(made), network)
         try:
             yield made
         finally:
             restart_postgres_server(postgres_server)  # loopback only again
+
+
+def gateways(made: list[Host]) -> str:
+    """Where PostgreSQL listens for the hosts (beside loopback)."""
+    return ",".join(host.gateway for host in made)
 
 
 @pytest.fixture()
@@ -146,6 +157,82 @@ def test_a_studys_series_sent_to_listeners_on_two_hosts_are_one_study_one_job_on
     assert cluster.count_studies() == 1 and len(cluster.events("study.created")) == 1
     (job,) = cluster.jobs(study_uid)
     assert job.state == "done"
+    (read,) = cluster.events("test.read", study_uid)
+    assert read[2]["instances"] == len(uids)
+    assert pacs_copies(cluster.pacs, result_uid(study_uid)) == 1
+
+
+def test_a_sender_killed_mid_delivery_on_one_host_is_replaced_by_another_hosts_sender(
+        cluster: Cluster, three_hosts: list[Host], tmp_path: Path) -> None:
+    a, b, c = three_hosts
+    front, sender_b, sender_c = start_all(cluster, (a, ("listener", "monitor", "worker")), (b, ("sender",)),
+                                          (c, ("sender",)))
+    assert cluster.pacs.process is not None
+    os.kill(cluster.pacs.process.pid, signal.SIGSTOP)  # the PACS hangs: a delivery stays in flight
+    study_uid = generate_uid()
+    make_series(tmp_path / "study", study_uid, 3)
+    send_study(front.port, tmp_path / "study", front.address)
+
+    def in_flight() -> str | None:
+        rows = cluster.outbox(study_uid)
+        return rows[0].claimed_by if rows and rows[0].state == "sending" else None
+    claimed_by = wait_for(in_flight, 60, "a sender to start delivering")
+    killed, survivor = (sender_b, sender_c) if claimed_by == f"{b.name}:{sender_b.pid}" else (sender_c, sender_b)
+    assert claimed_by == f"{killed.host.name}:{killed.pid}"
+    cluster.kill(killed)
+    os.kill(cluster.pacs.process.pid, signal.SIGCONT)
+    wait_for(lambda: cluster.delivered(study_uid), 60, "the other host's sender to deliver")
+
+    rows = cluster.outbox(study_uid)
+    assert [row.sop_instance_uid for row in rows] == [result_uid(study_uid)]
+    assert rows[0].attempts == 2 and rows[0].claimed_by == f"{survivor.host.name}:{survivor.pid}"
+    (interrupted,) = cluster.events("send.interrupted", study_uid)
+    assert interrupted[2]["sender"] == f"{killed.host.name}:{killed.pid}"
+    (stored,) = cluster.events("send.stored", study_uid)
+    assert stored[1] == result_uid(study_uid) and stored[2]["attempt"] == 2
+    assert stored[2]["sender"] == f"{survivor.host.name}:{survivor.pid}"  # the trail names both hosts' senders
+    for row in rows:
+        assert pacs_copies(cluster.pacs, row.sop_instance_uid) == 1
+
+
+def test_postgresql_restarted_while_listeners_on_two_hosts_receive_loses_nothing_acknowledged(
+        cluster: Cluster, three_hosts: list[Host], tmp_path: Path, postgres_server: str) -> None:  # noqa: F811
+    a, b, c = three_hosts
+    listeners = [cluster.start("listener", host=a, wait=False), cluster.start("listener", host=b, wait=False)]
+    # A quiet period longer than the restart and the re-send take: the study is analysed once, complete.
+    back = cluster.start("monitor", "worker", "sender", host=c, wait=False, DICOM_AI_QUEUE__STABLE_AFTER_SECONDS="5")
+    for started in (*listeners, back):
+        cluster.wait_running(started)
+    study_uid = generate_uid()
+    folders = [tmp_path / "series1", tmp_path / "series2"]
+    uids = make_series(folders[0], study_uid, 250, 1) + make_series(folders[1], study_uid, 250, 2)
+    senders = [StoreSCU(listener.port, folder, listener.address) for listener, folder in zip(listeners, folders)]
+    wait_for(lambda: all(len(sender.acknowledged) >= 30 or sender.process.poll() is not None for sender in senders),
+             60, "30 acknowledgements on each host")
+    restart_postgres_server(postgres_server, f"127.0.0.1,{gateways(three_hosts)}")  # connections cut, as a failover
+    for sender in senders:
+        sender.wait()  # the rest refused (0xA700) or the association aborted: never a success for unrecorded data
+    acknowledged = [uid for sender in senders for uid in sender.acknowledged]
+    assert all(30 <= len(sender.acknowledged) < 250 for sender in senders), \
+        "the restart must refuse part of both transfers"
+
+    def all_recorded() -> bool:
+        try:
+            return len(cluster.database.stored_copies(acknowledged)) == len(acknowledged)
+        except Exception:  # the test's own connections were cut too
+            return False
+    wait_for(all_recorded, 60, "every acknowledged instance to be recorded after the restart")
+
+    again = [StoreSCU(listener.port, folder, listener.address) for listener, folder in zip(listeners, folders)]
+    for sender in again:  # both listeners reconnected by themselves: the whole study goes in now
+        assert sender.wait() == 0
+    assert sorted(uid for sender in again for uid in sender.acknowledged) == sorted(uids)
+    wait_for(lambda: cluster.delivered(study_uid) and cluster.jobs(study_uid)[-1].state == "done", 60,
+             "the study to be analysed and its result delivered")
+
+    assert cluster.count_studies() == 1
+    (job,) = cluster.jobs(study_uid)
+    assert job.attempts == 1
     (read,) = cluster.events("test.read", study_uid)
     assert read[2]["instances"] == len(uids)
     assert pacs_copies(cluster.pacs, result_uid(study_uid)) == 1
