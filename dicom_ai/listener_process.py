@@ -59,8 +59,12 @@ def main(argv: list[str]) -> int:
     except BaseException:
         node.stop()
         raise
-    sys.stdout.buffer.write(READY_LINE)
-    sys.stdout.buffer.flush()
+    try:
+        sys.stdout.buffer.write(READY_LINE)
+        sys.stdout.buffer.flush()
+    except BrokenPipeError:  # the node's process died while this one started
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        stop.set()
     try:
         while not stop.wait(1.0):
             pass

@@ -105,6 +105,8 @@ class ListenerProcesses:
     def terminate(self) -> None:
         """Stop restarting and ask every process to stop (SIGTERM); `wait()` for them. Idempotent."""
         with self._lock:
+            if self._stopping.is_set():
+                return
             self._stopping.set()
             for slot in self._slots:
                 if slot.process is not None and slot.process.poll() is None:
@@ -133,24 +135,29 @@ class ListenerProcesses:
         failures = 0
         while not self._stopping.is_set():
             started = time.monotonic()
-            process = self._spawn(slot)
-            if process is None:
-                return
-            ready = self._read_until_exit(slot, process)
-            code = process.wait()
-            if process.stdin is not None:
-                process.stdin.close()
+            try:
+                process = self._spawn(slot)
+            except OSError as exc:  # e.g. out of processes or descriptors: like a process that failed at once
+                process, ready, how = None, False, f"cannot start it: {exc}"
+            else:
+                if process is None:
+                    return
+                ready = self._read_until_exit(slot, process)
+                how = _exit_text(process.wait())
+                if process.stdin is not None:
+                    process.stdin.close()
             if not ready:
                 slot.ended.set()
             if self._stopping.is_set():
-                log.info("listener process %d (pid %d) stopped", slot.number, process.pid)
+                log.info("listener process %d%s stopped", slot.number, f" (pid {process.pid})" if process else "")
                 return
-            if not ready and not slot.ready.is_set():
-                return  # it never started: start() reports it
+            if not slot.ready.is_set():
+                log.error("listener process %d did not start (%s)", slot.number, how)
+                return  # start() reports it
             failures = 1 if time.monotonic() - started >= STABLE_AFTER_SECONDS else failures + 1
             delay = backoff_delay(failures, RESTART_DELAY_SECONDS, RESTART_DELAY_MAX_SECONDS).total_seconds()
-            log.error("listener process %d (pid %d) exited unexpectedly (%s); starting it again in %g s", slot.number,
-                      process.pid, _exit_text(code), delay)
+            log.error("listener process %d%s ended unexpectedly (%s); starting it again in %g s", slot.number,
+                      f" (pid {process.pid})" if process else "", how, delay)
             if self._stopping.wait(delay):
                 return
 
