@@ -51,6 +51,14 @@ class NodeSettings(_Section):
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
 
+class ListenerSettings(_Section):
+    """How many processes receive on `node.bind`:`node.port` (dicom_ai.receive.processes)."""
+
+    processes: int = Field(
+        1, ge=1, le=64, description="listener processes sharing the listening socket: pynetdicom's DIMSE path holds "
+                                    "the GIL, so concurrent associations use one core per process")
+
+
 class KnownNode(_Section):
     """A peer DICOM node: allowed to send to us, and a destination for results."""
 
@@ -304,6 +312,7 @@ class HttpSettings(_Section):
 
 class Settings(_Section):
     node: NodeSettings = NodeSettings()
+    listener: ListenerSettings = ListenerSettings()
     access: AccessSettings = AccessSettings()
     nodes: dict[str, KnownNode] = Field(default_factory=dict)
     tls: TlsSettings = TlsSettings()

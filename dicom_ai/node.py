@@ -15,6 +15,10 @@ makes the start-up shortcuts safe (re-running at once the jobs and deliveries a 
 PostgreSQL no lock is taken: several processes of a role share the spool, and leases decide. Each process records its
 run (dicom_ai.store.node_runs) and heartbeats.
 
+With `listener.processes = N` (N > 1) the listener role runs in N processes on this host: this one binds the port and
+starts N-1 listener processes that accept on the same socket (dicom_ai.receive.processes); they are covered by this
+process's locks, and `start()` returns once all of them accept.
+
 Stop order: the listener first (no new data; in-flight associations finish or are aborted), then the worker
 (running jobs get `stop_timeout` seconds, then their leases are released so they run again), then the monitor,
 then the send dispatcher (undelivered results stay in the outbox), then the spool retention schedule.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 from datetime import timedelta
 from enum import StrEnum
@@ -32,6 +37,7 @@ from typing import TYPE_CHECKING
 from dicom_ai.config import ConfigError, Settings
 from dicom_ai.job import StudyHandler, build_study_handler, models_status
 from dicom_ai.receive import Listener
+from dicom_ai.receive.processes import ListenerProcesses, ListenerProcessFailed
 from dicom_ai.send.sender import ResultSender
 from dicom_ai.startup import run_startup_checks
 from dicom_ai.store.database import Database, DatabaseError, open_database
@@ -82,13 +88,17 @@ class Node:
     """One `dicom-ai serve` process with `roles`. `start()` returns once it runs; `stop()` is idempotent."""
 
     def __init__(self, settings: Settings, handler: StudyHandler | None = None, stop_timeout: float = 10.0,
-                 roles: frozenset[Role] = ALL_ROLES) -> None:
+                 roles: frozenset[Role] = ALL_ROLES, shared_socket: socket.socket | None = None) -> None:
+        """`shared_socket`: this process is one of a node's other listener processes (dicom_ai.listener_process),
+        accepting on the node's listening socket under the node's locks."""
         self.settings = settings
         self.roles = roles
+        self.shared_socket = shared_socket
         self._handler = handler
         self._stop_timeout = stop_timeout
         self.database: Database | None = None
         self.listener: Listener | None = None
+        self.listener_processes: ListenerProcesses | None = None
         self.worker: Worker | None = None
         self.monitor: StabilityMonitor | None = None
         self.sender: ResultSender | None = None
@@ -103,7 +113,10 @@ class Node:
         settings, roles = self.settings, self.roles
         run_startup_checks(settings, check_handler=self._handler is None and Role.WORKER in roles)
         embedded = settings.storage.resolved_database_url.startswith("sqlite")
-        if embedded:
+        if self.shared_socket is not None:
+            log.info("listener process %d of the node in process %d (which holds the data-directory locks)",
+                     os.getpid(), os.getppid())
+        elif embedded:
             self._lock_roles()
         else:
             log.info("database is a server: no data-directory lock; other processes of these roles may share %s",
@@ -152,15 +165,31 @@ class Node:
 
     def _start_listener(self, database: Database, spool: Spool) -> tuple[str, int]:
         settings = self.settings
-        finish_interrupted_purges(database, spool)
-        self.listener = Listener(settings, database, spool)
+        if self.shared_socket is None:  # the node's first listener; its other processes leave purges to it
+            finish_interrupted_purges(database, spool)
+        self.listener = Listener(settings, database, spool, self.shared_socket)
         try:
             bind, port = self.listener.start()
         except OSError as exc:
             raise ConfigError(f"node.port: cannot listen on {settings.node.bind}:{settings.node.port} "
                               f"({exc.strerror or exc}); choose another node.port / node.bind") from None
-        log.info("node %s ready on %s:%d%s; spool and database in %s", settings.node.ae_title, bind, port,
-                 " (DICOM TLS)" if settings.tls.enabled else "", settings.storage.data_dir)
+        if self.shared_socket is not None:
+            log.info("listener process %d accepts on %s:%d", os.getpid(), bind, port)
+            return bind, port
+        processes = settings.listener.processes
+        if processes > 1:
+            socket_ = self.listener.listening_socket
+            assert socket_ is not None
+            self.listener_processes = ListenerProcesses(settings, socket_, processes - 1, self._stop_timeout)
+            try:
+                self.listener_processes.start()
+            except ListenerProcessFailed as exc:
+                raise ConfigError(f"listener.processes: {exc}") from None
+        log.info("node %s ready on %s:%d%s%s; spool and database in %s", settings.node.ae_title, bind, port,
+                 " (DICOM TLS)" if settings.tls.enabled else "",
+                 f" with {processes} listener processes (pids {os.getpid()}, "
+                 f"{', '.join(map(str, self.listener_processes.pids))})" if self.listener_processes else "",
+                 settings.storage.data_dir)
         return bind, port
 
     def _restart_quiet_periods(self, queue: JobQueue, embedded: bool) -> None:
@@ -211,11 +240,15 @@ class Node:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.listener_processes is not None:  # they stop alongside this process's listener
+            self.listener_processes.terminate()
         if self.http is not None:
             self.http.stop()
         if self.listener is not None:
             log.info("stopping: closing the listener")
             self.listener.stop()
+        if self.listener_processes is not None:
+            self.listener_processes.wait()
         if self.worker is not None:
             log.info("stopping: waiting up to %g s for running jobs", self._stop_timeout)
             self.worker.stop()

@@ -54,6 +54,8 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
     ("text", "fragment"),
     [
         ("[node]\nport = 70000\n", "node.port"),
+        ("[listener]\nprocesses = 0\n", "listener.processes"),
+        ("[listener]\nprocesses = 65\n", "listener.processes"),
         ("[node]\nprot = 1\n", "node.prot: unknown setting"),
         ("[bogus]\nx = 1\n", "bogus: unknown setting"),
         ('[node]\nae_title = "THIS_TITLE_IS_TOO_LONG"\n', "node.ae_title"),

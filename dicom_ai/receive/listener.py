@@ -1,6 +1,7 @@
 """The DICOM listener: a pynetdicom AE answering C-ECHO and C-STORE, configured from `[node]`, `[access]`, `[tls]`.
 
-`start()` returns the bound address at once (port 0 picks a free port); `serve()` blocks until SIGTERM/SIGINT;
+`start()` returns the bound address at once (port 0 picks a free port), or, given `shared_socket`, accepts on
+that socket of another process of the node (`listener.processes`); `serve()` blocks until SIGTERM/SIGINT;
 `stop(timeout)` stops accepting, lets in-flight associations finish for up to `timeout` seconds, aborts the rest,
 removes the spool's temporary files, so nothing half-written remains, and commits the rows still queued.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -47,8 +49,10 @@ def _own_output_check() -> Callable[[Dataset], bool] | None:
 class Listener:
     """The node's C-STORE / C-ECHO SCP over `database` and `spool`."""
 
-    def __init__(self, settings: Settings, database: Database, spool: Spool) -> None:
+    def __init__(self, settings: Settings, database: Database, spool: Spool,
+                 shared_socket: socket.socket | None = None) -> None:
         self.settings = settings
+        self.shared_socket = shared_socket
         self.database = database
         self.spool = spool
         self.recorder = InstanceRecorder(database, spool.root) if settings.storage.records_after_answer else None
@@ -63,6 +67,11 @@ class Listener:
             return None
         host, port = self._server.server_address[:2]
         return str(host), int(port)
+
+    @property
+    def listening_socket(self) -> socket.socket | None:
+        """The listening socket (for the node's other listener processes to accept on)."""
+        return None if self._server is None else self._server.socket
 
     def start(self) -> tuple[str, int]:
         """Bind and start accepting in a background thread; returns the bound (host, port)."""
@@ -86,6 +95,8 @@ class Listener:
                           self.database, self.spool, self.recorder),
                 tls_context=server_tls_context(tls) if tls.enabled else None,
                 handshake_timeout=tls.handshake_timeout,
+                shared_socket=self.shared_socket,
+                shares_socket=self.settings.listener.processes > 1,
             )
         except BaseException:
             if self.recorder is not None:

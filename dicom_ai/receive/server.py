@@ -6,6 +6,12 @@ socket to a per-connection thread, which does the TLS handshake under `tls.hands
 association (access check, presentation contexts built from the request, audit rows) and waits for it to end to
 close its audit row. A silent plain-TCP client only occupies its own thread until the ACSE timeout (ARTIM) fires.
 
+Several listener processes of one node (`listener.processes`, dicom_ai.receive.processes) accept on one listening
+socket: the node's first process binds it and the others inherit it (`shared_socket`). Every process's accept loop is
+woken by a new connection and one of them takes it; the socket is non-blocking, so the others go back to waiting. A
+process that is serving associations already waits a moment before it accepts (`ACCEPT_YIELD_SECONDS` per live
+connection), so an idle process takes the new one: connections spread by load, not by luck.
+
 This subclasses pynetdicom's server, request handler, association and ACSE; it is written against pynetdicom 3.0.
 """
 
@@ -15,6 +21,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,6 +57,8 @@ log = logging.getLogger(__name__)
 
 MODE_ACCEPTOR = "acceptor"
 RELEASE_FLUSH_SECONDS = 10.0  # longest an A-RELEASE waits for the association's rows (dicom_ai.store.recorder)
+ACCEPT_YIELD_SECONDS = 0.002  # per live connection, before a process sharing the socket accepts (module docstring)
+ACCEPT_YIELD_MAX_SECONDS = 0.02
 
 # pynetdicom binds these to every association; they only write its INFO/DEBUG log, yet run for every PDU and DIMSE
 # message (the C-STORE one copies the whole received dataset to see that it is not empty).
@@ -218,8 +227,13 @@ class NodeServer(ThreadedAssociationServer):
     def __init__(self, ae: Any, address: tuple[str, int], ae_title: str, contexts: list[Any],
                  ssl_context: ssl.SSLContext | None = None, evt_handlers: list[Any] | None = None,
                  request_handler: Any = None, *, gate: Gate, tls_context: ssl.SSLContext | None,
-                 handshake_timeout: float) -> None:
+                 handshake_timeout: float, shared_socket: socket.socket | None = None,
+                 shares_socket: bool = False) -> None:
+        """`shared_socket`: a listening socket bound by another process of the node, to accept on instead of
+        binding; `shares_socket`: other processes accept on this server's socket too (module docstring)."""
         self.gate = gate
+        self.shared_socket = shared_socket
+        self.shares_socket = shares_socket or shared_socket is not None
         self.tls_context = tls_context
         self.handshake_timeout = handshake_timeout
         self.closing = threading.Event()
@@ -231,9 +245,28 @@ class NodeServer(ThreadedAssociationServer):
         super()._bind_defaults()
         _unbind_silent_logging(self)
 
+    def server_bind(self) -> None:
+        if self.shared_socket is None:
+            super().server_bind()
+        else:
+            self.socket.close()
+            self.socket = self.shared_socket
+            self.server_address = self.socket.getsockname()
+        # accept() must not wait when another process took the connection: socketserver then selects again
+        self.socket.setblocking(False)
+
+    def server_activate(self) -> None:
+        if self.shared_socket is None:  # an inherited socket listens already
+            super().server_activate()
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
-        client, address = self.socket.accept()
+        if self.shares_socket:
+            live = len(self.live_connections())
+            if live:
+                time.sleep(min(live * ACCEPT_YIELD_SECONDS, ACCEPT_YIELD_MAX_SECONDS))
+        client, address = self.socket.accept()  # BlockingIOError when another process took it: socketserver ignores
+        client.setblocking(True)
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return client, address
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -61,6 +63,11 @@ def _detail_text(detail: str | dict[str, Any]) -> str:
 
 
 SqliteSynchronous = Literal["normal", "full"]
+
+
+def this_process() -> str:
+    """"host:pid": which process wrote a row (e.g. the listener process that served an association)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _configure_sqlite(engine: Engine, synchronous: SqliteSynchronous) -> None:
@@ -195,7 +202,7 @@ class Database:
     def open_association(self, peer_ae: str, peer_host: str, peer_port: int, called_ae: str, tls: bool) -> int:
         with self.session() as session:
             row = Association(peer_ae=peer_ae, peer_host=peer_host, peer_port=peer_port, called_ae=called_ae,
-                              tls=tls, started_at=utcnow(), outcome=AssociationOutcome.OPEN)
+                              tls=tls, started_at=utcnow(), outcome=AssociationOutcome.OPEN, listener=this_process())
             session.add(row)
             session.flush()
             return row.id
@@ -211,7 +218,7 @@ class Database:
         with self.session() as session:
             row = Association(peer_ae=peer_ae, peer_host=peer_host, peer_port=peer_port, called_ae=called_ae,
                               tls=tls, started_at=now, ended_at=now, outcome=AssociationOutcome.REJECTED,
-                              reason=reason)
+                              reason=reason, listener=this_process())
             session.add(row)
             session.flush()
             session.add(Event(at=now, kind="association.rejected", association_id=row.id,

@@ -83,6 +83,7 @@ class Association(Base):
     failed_count: Mapped[int] = mapped_column(Integer, default=0)
     outcome: Mapped[str] = mapped_column(String(16), default="open")
     reason: Mapped[str] = mapped_column(Text, default="")
+    listener: Mapped[str | None] = mapped_column(String(128))  # "host:pid" of the listener process that served it
 
 
 class Study(Base):

@@ -44,7 +44,8 @@ def start_node_run(database: Database, ae_title: str, bind: str, port: int, tls:
 
 
 def heartbeat_node_run(database: Database, run_id: int) -> None:
-    with database.session() as session:
+    # read, then write: a write session (on SQLite several processes heartbeat, e.g. `listener.processes`)
+    with database.write_session() as session:
         was_dead = session.scalar(select(NodeRun.dead_at).where(NodeRun.id == run_id))
         session.execute(update(NodeRun).where(NodeRun.id == run_id).values(heartbeat_at=utcnow(), dead_at=None))
     if was_dead is not None:
@@ -55,7 +56,7 @@ def heartbeat_node_run(database: Database, run_id: int) -> None:
 def mark_dead_runs(database: Database, older_than: timedelta) -> list[int]:
     """Mark dead every run that has not stopped and whose heartbeat is older than `older_than`; their ids."""
     now = utcnow()
-    with database.session() as session:
+    with database.write_session() as session:
         ids = list(session.scalars(select(NodeRun.id).where(
             NodeRun.stopped_at.is_(None), NodeRun.dead_at.is_(None), NodeRun.heartbeat_at < now - older_than)))
         if ids:

@@ -25,7 +25,9 @@ node. Only a power loss in the moment between the link and the end of the fsyncs
 acknowledged and before the instance was recorded, could leave a new name with incomplete data on a file system
 that does not order data before metadata; such a file has no database row, the sender retries, and the retry
 replaces it by the second order. Temporary files left by a crash are removed by `remove_incomplete()` (the listener
-calls it at start and stop).
+calls it at start and stop). Several listener processes (on one host or several) write into one spool: each
+temporary file is named after its writer (`<host>-<pid>-<random>.part`), and `remove_incomplete()` removes only the
+files of this process and of processes of this host that no longer exist, never a write another process is doing.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import errno
 import io
 import os
 import shutil
+import socket
 import struct
 import sys
 import threading
@@ -51,6 +54,7 @@ from typing import Any, BinaryIO
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 
+from dicom_ai.store.node_runs import process_exists
 from dicom_ai.uids import require_uid
 
 INCOMING_DIR = ".incoming"
@@ -343,7 +347,7 @@ class Spool:
         """A temporary file holding the preamble and `file_meta`, for the dataset to be appended as it arrives and
         then `commit()`ted under its final name or `discard()`ed. Raises OSError (e.g. no space; `SpoolFull` below
         the free-space watermark)."""
-        temporary = self.incoming / f"{uuid.uuid4().hex}.part"
+        temporary = self.incoming / f"{_WRITER}-{os.getpid()}-{uuid.uuid4().hex}.part"
         try:
             self.free_space.check()
         except FileNotFoundError:  # the spool folder itself does not exist yet
@@ -481,12 +485,14 @@ class Spool:
         return sorted(purging.iterdir()) if purging.is_dir() else []
 
     def remove_incomplete(self) -> int:
-        """Delete temporary files of writes that never completed; returns how many were removed."""
+        """Delete the temporary files of writes that never completed: this process's own, and those of processes of
+        this host that are gone (see the module docstring); returns how many were removed."""
         removed = 0
         if self.incoming.is_dir():
             for leftover in self.incoming.glob("*.part"):
-                _unlink_quietly(leftover)
-                removed += 1
+                if _abandoned(leftover.name):
+                    _unlink_quietly(leftover)
+                    removed += 1
         return removed
 
     def _ensure_dir(self, directory: Path) -> list[Path]:
@@ -592,6 +598,20 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+_WRITER = socket.gethostname().replace("/", "_")
+
+
+def _abandoned(name: str) -> bool:
+    """Whether the temporary file `name` belongs to this process or to a process of this host that is gone."""
+    host, _, rest = name.removesuffix(".part").rpartition("-")
+    host, _, pid = host.rpartition("-")
+    if not host or not pid.isdigit():  # written by a version that did not name its writer
+        return True
+    if host != _WRITER:
+        return False
+    return int(pid) == os.getpid() or not process_exists(int(pid))
 
 
 def _unlink_quietly(path: Path) -> None:

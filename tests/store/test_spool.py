@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+import sys
 from io import BytesIO
 from pathlib import Path
 
@@ -87,6 +89,27 @@ def test_failed_write_leaves_no_temporary_file(tmp_path: Path) -> None:
     with pytest.raises(SpoolWriteError):
         spool.write(STUDY, SERIES, INSTANCE, _meta(), tmp_path / "missing-body.bin")
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def test_only_incomplete_writes_of_this_process_and_of_gone_processes_are_removed(tmp_path: Path) -> None:
+    """Several listener processes share the spool: one that starts or stops never removes another's write."""
+    spool = Spool(tmp_path / "spool")
+    own = spool.open_incoming(_meta())
+    host = own.path.name.rsplit("-", 2)[0]
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    try:
+        names = {"live": f"{host}-{other.pid}-{'a' * 32}.part", "gone": f"{host}-{gone.pid}-{'b' * 32}.part",
+                 "elsewhere": f"other-host-{other.pid}-{'c' * 32}.part"}
+        for name in names.values():
+            (spool.incoming / name).write_bytes(b"half")
+        assert spool.remove_incomplete() == 2
+        assert sorted(path.name for path in spool.incoming.iterdir()) == sorted([names["live"], names["elsewhere"]])
+    finally:
+        other.kill()
+        other.wait()
+        own.discard()
 
 
 def test_incomplete_writes_are_removed_and_removal_stays_inside_the_spool(tmp_path: Path) -> None:
