@@ -1,8 +1,8 @@
 """Several listener processes on one host (`listener.processes`): each association row names the process that
 served it (`host:pid`).
 
-Revision ID: 0302_association_listener
-Revises: 0301_several_nodes
+Revision ID: 0303_association_listener
+Revises: 0302_quiet_from
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sqlalchemy as sa
 from alembic import op
 
 
-revision: str = '0302_association_listener'
-down_revision: str | Sequence[str] | None = '0301_several_nodes'
+revision: str = '0303_association_listener'
+down_revision: str | Sequence[str] | None = '0302_quiet_from'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
