@@ -89,7 +89,7 @@ class Node:
 
     def __init__(self, settings: Settings, handler: StudyHandler | None = None, stop_timeout: float = 10.0,
                  roles: frozenset[Role] = ALL_ROLES, shared_socket: socket.socket | None = None) -> None:
-        """`shared_socket`: this process is one of a node's other listener processes (dicom_ai.listener_process),
+        """`shared_socket`: this process is one of a node's other listener processes (dicom_ai.receive.listener_process),
         accepting on the node's listening socket under the node's locks."""
         self.settings = settings
         self.roles = roles

@@ -2,7 +2,7 @@
 process receives concurrent associations on one core; N processes accepting on one socket use N cores.
 
 The node's own process binds the listening socket (`node.bind`:`node.port`: a port in use stays its ConfigError) and
-runs its listener on it; `ListenerProcesses` starts N-1 more processes (`python -m dicom_ai.listener_process`) that
+runs its listener on it; `ListenerProcesses` starts N-1 more processes (`python -m dicom_ai.receive.listener_process`) that
 inherit that socket and accept on it too (dicom_ai.receive.server says how a connection finds the least busy one).
 Each is a complete listener: its own database connections, spool journal (named after its pid), node run with its
 heartbeat (`dicom-ai status` lists it), audit rows naming it (`associations.listener`) and `node.max_associations`.
@@ -166,7 +166,7 @@ class ListenerProcesses:
             if self._stopping.is_set():
                 return None
             process = subprocess.Popen(
-                [sys.executable, "-P", "-m", "dicom_ai.listener_process", str(self._socket.fileno())],
+                [sys.executable, "-P", "-m", "dicom_ai.receive.listener_process", str(self._socket.fileno())],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, pass_fds=(self._socket.fileno(),),
                 env=_environment())
             slot.process = process

@@ -1,6 +1,6 @@
 """One of a node's other listener processes (`listener.processes`, started by dicom_ai.receive.processes):
 
-    python -m dicom_ai.listener_process FD
+    python -m dicom_ai.receive.listener_process FD
 
 FD is the node's listening socket, inherited; the node's settings arrive as one JSON line on stdin. It runs the
 listener role on that socket (dicom_ai.node.Node with `shared_socket`), writes `READY_LINE` to stdout once it
@@ -22,12 +22,12 @@ from dicom_ai.logs import configure_logging
 from dicom_ai.node import Node, Role
 from dicom_ai.receive.processes import READY_LINE
 
-log = logging.getLogger("dicom_ai.listener_process")
+log = logging.getLogger("dicom_ai.receive.listener_process")
 
 
 def main(argv: list[str]) -> int:
     if len(argv) != 2 or not argv[1].isdigit():
-        print("usage: python -m dicom_ai.listener_process FD (started by dicom-ai serve, listener.processes)",
+        print("usage: python -m dicom_ai.receive.listener_process FD (started by dicom-ai serve, listener.processes)",
               file=sys.stderr)
         return 2
     settings = Settings.model_validate_json(_read_line(sys.stdin.fileno()))
