@@ -28,6 +28,7 @@ from tests.pipeline import trained
 
 MODELS = trained.REPO_ROOT / "models"
 FLOAT_TOLERANCE = 1e-4
+CLOCKS = frozenset({"started_at", "finished_at", "timings"})
 BATCH = 3
 
 
@@ -72,24 +73,25 @@ def alone(studies, registry, routing) -> list[StudyFindings]:
 
 def assert_same_findings(together: StudyFindings, alone: StudyFindings) -> None:
     """Equal but for clocks and timings, floats within FLOAT_TOLERANCE; masks pixel for pixel."""
-    _same(together.to_dict(), alone.to_dict(), "findings")
+    assert_close(together.to_dict(), alone.to_dict(), "findings")
     for series_together, series_alone in zip(together.series, alone.series, strict=True):
         for seg_together, seg_alone in zip(series_together.segmentations, series_alone.segmentations, strict=True):
             for frame_together, frame_alone in zip(seg_together.frames, seg_alone.frames, strict=True):
                 assert np.array_equal(frame_together.mask, frame_alone.mask), frame_alone.sop_instance_uid
 
 
-def _same(together: Any, alone: Any, where: str) -> None:
+def assert_close(together: Any, alone: Any, where: str, ignore: frozenset[str] = CLOCKS) -> None:
+    """JSON-like values equal, floats within FLOAT_TOLERANCE, keys in `ignore` left out."""
     if isinstance(alone, float) and isinstance(together, float):
         assert together == pytest.approx(alone, abs=FLOAT_TOLERANCE), where
     elif isinstance(alone, dict):
         assert together.keys() == alone.keys(), where
-        for key in alone.keys() - {"started_at", "finished_at", "timings"}:
-            _same(together[key], alone[key], f"{where}.{key}")
+        for key in alone.keys() - ignore:
+            assert_close(together[key], alone[key], f"{where}.{key}", ignore)
     elif isinstance(alone, list):
         assert len(together) == len(alone), where
         for index, (a, b) in enumerate(zip(together, alone)):
-            _same(a, b, f"{where}[{index}]")
+            assert_close(a, b, f"{where}[{index}]", ignore)
     else:
         assert together == alone, where
 
