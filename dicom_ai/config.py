@@ -155,6 +155,12 @@ class QueueSettings(_Section):
         0.5, ge=0, description="an idle worker analyses a receiving study once it has been quiet this long, before it "
                                "is stable; the job then uses those findings if the study's instances are still "
                                "exactly the ones analysed (0 turns it off)")
+    batch_jobs: int = Field(1, ge=1, le=64, description="a worker thread claims up to this many due jobs at once and "
+                                                        "runs each model once over the frames of all their studies "
+                                                        "(1: one job at a time)")
+    batch_wait_seconds: float = Field(0.0, ge=0, description="with batch_jobs > 1: how long a worker that claimed "
+                                                             "fewer than batch_jobs waits for more due jobs before it "
+                                                             "runs what it has (0: only what is due now)")
     handler: str = Field(
         "", description="testing/extension hook: 'package.module:callable' run for each job instead of the pipeline"
     )

@@ -3,7 +3,9 @@
 `build_study_handler` returns `AnalyseStudy` (or the `queue.handler` hook): it reads the study from the spool, runs
 the pipeline, records the findings, builds the DICOM objects (the complete SRs in the report process meanwhile) and
 queues them in the outbox. `AnalyseStudy.analyse_ahead` does the same work for a study that is still in its quiet
-period, for its job to use (dicom_ai.worker decides when). The loop that claims jobs is dicom_ai.worker.
+period, for its job to use (dicom_ai.worker decides when); `AnalyseStudy.analyse_together` analyses the studies of
+several claimed jobs in one pass of each model (`queue.batch_jobs`), for each job to report and queue on its own.
+The loop that claims jobs is dicom_ai.worker.
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ class _Analysis:
     unreadable: list[dict[str, str]]
     findings: StudyFindings
     reports: tuple[Sequence[Dataset | bytes], ...] | None = None  # built ahead: build_reports' parts, in order
+    studies_together: int = 1  # how many studies' frames went through the models together (queue.batch_jobs)
 
 
 def load_handler(dotted_path: str) -> StudyHandler:
@@ -271,6 +274,8 @@ class AnalyseStudy:
         self.report_process = (ReportProcess() if settings.pipeline.report_process and (os.cpu_count() or 1) > 1
                                else None)
         self._ahead: tuple[str, _Analysis] | None = None  # (study UID, findings) made by analyse_ahead
+        self._together: dict[int, _Analysis] = {}  # job id -> its study's analysis made by analyse_together
+        self._together_lock = threading.Lock()
         self._ahead_running: str | None = None
         self._ahead_changed = threading.Condition()
 
@@ -309,9 +314,13 @@ class AnalyseStudy:
                  "".join(f"; {name} unavailable ({state})" for name, state in unavailable.items()))
 
     def __call__(self, job: StudyJob) -> None:
-        analysis = self._take_analysis_ahead(job)
-        job.record("pipeline.started", {"instances": len(job.instances), "analysed_ahead": analysis is not None,
-                                        "reports_built_ahead": analysis is not None and analysis.reports is not None})
+        with self._together_lock:
+            together = self._together.pop(job.job_id, None)
+        ahead = self._take_analysis_ahead(job)
+        analysis = ahead or together
+        job.record("pipeline.started", {"instances": len(job.instances), "analysed_ahead": ahead is not None,
+                                        "reports_built_ahead": ahead is not None and ahead.reports is not None,
+                                        "studies_analysed_together": analysis.studies_together if analysis else 1})
         started = time.perf_counter()
         if analysis is None:
             try:
@@ -346,27 +355,47 @@ class AnalyseStudy:
     def _analyse(self, instances: Sequence[JobInstance], keep_going: Callable[[], bool]) -> _Analysis:
         """Read the instances from the spool and run the pipeline; `keep_going` is asked before each series
         (AnalysisCancelled when it says no)."""
-        import pydicom
-
         from dicom_ai.pipeline import run_study
 
-        fingerprint = spool_fingerprint(instances)
-        sources: list[Dataset] = []
-        unreadable: list[dict[str, str]] = []
-        for instance in instances:
-            try:
-                sources.append(pydicom.dcmread(instance.spool_path))
-            except Exception as exc:  # a damaged spool file must not cost the rest of the study
-                unreadable.append({"sop_instance_uid": instance.sop_instance_uid,
-                                   "error": f"{type(exc).__name__}: {exc}"})
-
-        def progress(_message: str) -> None:
-            if not keep_going():
-                raise AnalysisCancelled("cancelled between series")
-
+        fingerprint, sources, unreadable = _read_spool(instances)
         findings = run_study(sources, self.registry, self.routing, batch_size=self.settings.pipeline.batch_size,
-                             progress=progress)
+                             progress=_cancelled_unless(keep_going))
         return _Analysis(fingerprint, sources, unreadable, findings)
+
+    def analyse_together(self, jobs: Sequence[StudyJob]) -> None:
+        """Analyse the studies of several claimed jobs at once (`queue.batch_jobs`): each model runs once over the
+        frames of all of them (`pipeline.run.analyse_studies`), the same findings each would get alone. Each job
+        then takes its study's analysis when the worker calls the handler on it, and reports and queues it under
+        its own fence. Jobs whose study was analysed ahead are left out; a study that could not be read or decoded
+        with the others is left to its job, which analyses it alone (and fails on its own if it must)."""
+        from dicom_ai.pipeline.run import analyse_studies
+
+        jobs = [job for job in jobs if not self._analysed_ahead(job)]
+        if len(jobs) < 2:
+            return
+        read = [_read_spool(job.instances) for job in jobs]
+        try:
+            outcomes = analyse_studies([sources for _, sources, _ in read], self.registry, self.routing,
+                                       batch_size=self.settings.pipeline.batch_size,
+                                       progress=_cancelled_unless(lambda: not all(j.stop_requested for j in jobs)))
+        except AnalysisCancelled:
+            return  # the node is stopping: each job says so itself
+        with self._together_lock:
+            for job, (fingerprint, sources, unreadable), outcome in zip(jobs, read, outcomes):
+                if isinstance(outcome, StudyFindings):
+                    self._together[job.job_id] = _Analysis(fingerprint, sources, unreadable, outcome,
+                                                           studies_together=len(jobs))
+                else:
+                    log.warning("job %d: its study could not be analysed with the others (%s: %s); it is analysed "
+                                "alone", job.job_id, type(outcome).__name__, outcome)
+
+    def _analysed_ahead(self, job: StudyJob) -> bool:
+        """Whether an analysis ahead of the job's study is running, or waiting for the job with its instances."""
+        with self._ahead_changed:
+            if self._ahead_running == job.study_uid:
+                return True
+            return (self._ahead is not None and self._ahead[0] == job.study_uid
+                    and self._ahead[1].fingerprint == spool_fingerprint(job.instances))
 
     def analyse_ahead(self, study: ReceivingStudy, control: AheadControl) -> None:
         """Analyse a study that is still receiving but quiet (the worker calls this when it has no job), and build
@@ -413,6 +442,30 @@ class AnalyseStudy:
         """Stop the report process (the worker calls this when it stops)."""
         if self.report_process is not None:
             self.report_process.stop()
+
+
+def _read_spool(instances: Sequence[JobInstance]) -> tuple[SpoolFingerprint, list[Dataset], list[dict[str, str]]]:
+    """The instances' spool fingerprint, the data sets read from their spool files, and those that could not be
+    read (UID and error)."""
+    import pydicom
+
+    fingerprint = spool_fingerprint(instances)
+    sources: list[Dataset] = []
+    unreadable: list[dict[str, str]] = []
+    for instance in instances:
+        try:
+            sources.append(pydicom.dcmread(instance.spool_path))
+        except Exception as exc:  # a damaged spool file must not cost the rest of the study
+            unreadable.append({"sop_instance_uid": instance.sop_instance_uid, "error": f"{type(exc).__name__}: {exc}"})
+    return fingerprint, sources, unreadable
+
+
+def _cancelled_unless(keep_going: Callable[[], bool]) -> Callable[[str], None]:
+    """The pipeline's progress callback: AnalysisCancelled (before the next series) once `keep_going` says no."""
+    def progress(_message: str) -> None:
+        if not keep_going():
+            raise AnalysisCancelled("cancelled between series")
+    return progress
 
 
 def _series_summary(series: Any) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 The handler (dicom_ai.job) is the glue pipeline -> report -> send; this module is the loop around it: claim with a
 lease, heartbeat while the handler runs, `complete` when it returns, `fail` when it raises (the error text goes to
-the audit trail), `release` on a graceful stop. A job is never marked done unless the handler returned. With no job
+the audit trail), `release` on a graceful stop. With `queue.batch_jobs` > 1 a thread claims several due jobs at once
+(each with its own lease), lets the handler analyse their studies together, then runs the handler on each job in
+turn, each with its own outcome. A job is never marked done unless the handler returned. With no job
 to run, the first thread lets the handler analyse a quiet receiving study ahead (`queue.analyse_ahead_after_seconds`).
 When the outcome cannot be written (the disk holding the database is full), the worker keeps the job and its
 heartbeats and writes the outcome as soon as it can, instead of leaving the job `running` until its lease expires;
@@ -201,22 +203,59 @@ class Worker:
         return True
 
     def run_once(self, worker_id: str | None = None) -> bool:
-        """Claim one due job and run the handler on it; False when there was none."""
+        """Claim due jobs (one, or up to `queue.batch_jobs`) and run the handler on each; False when there was none.
+
+        A batch of several is first handed to the handler's `analyse_together` (each model once over the frames of
+        all their studies), then each job runs the handler on its own, exactly as alone: it completes, fails or is
+        fenced by itself. Whatever the analysis together could not do, the job's handler does alone."""
         worker_id = worker_id or f"{self.name}:once"
-        claim = self.queue.claim(worker_id, prefer_ahead_by=self.name)
-        if claim is None:
+        jobs = self._claim_batch(worker_id)
+        if not jobs:
             return False
-        job = StudyJob.from_claim(claim, self.queue.database)
-        with self._held_lock:
-            self._held[job.job_id] = _Held(worker_id, job)
-        log.info("job %d: study %s, attempt %d/%d, %d instances", job.job_id, job.study_uid, job.attempt,
-                 job.max_attempts, len(job.instances))
         try:
-            self._run_handler(job, worker_id)
+            analyse_together = getattr(self.handler, "analyse_together", None)
+            if len(jobs) > 1 and callable(analyse_together):
+                try:
+                    analyse_together(jobs)
+                except Exception:  # e.g. out of memory with every study's frames: each job analyses its own
+                    log.warning("jobs %s: analysing their studies together failed; each is analysed alone",
+                                ", ".join(str(job.job_id) for job in jobs), exc_info=True)
+            for job in jobs:
+                self._run_handler(job, worker_id)
+                self._forget(job)
         finally:
-            with self._held_lock:
-                self._held.pop(job.job_id, None)
+            for job in jobs:
+                self._forget(job)
         return True
+
+    def _claim_batch(self, worker_id: str) -> list[StudyJob]:
+        """Up to `queue.batch_jobs` due jobs, held (heartbeaten) from their claim on. With fewer due now, waits up
+        to `queue.batch_wait_seconds`, claiming more as they become due."""
+        wanted = self.queue.settings.batch_jobs
+        jobs = self._hold(worker_id, wanted)
+        deadline = time.monotonic() + self.queue.settings.batch_wait_seconds
+        while jobs and len(jobs) < wanted and not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stopping.wait(min(remaining, self.queue.settings.poll_seconds)):
+                break
+            jobs += self._hold(worker_id, wanted - len(jobs))
+        return jobs
+
+    def _hold(self, worker_id: str, count: int) -> list[StudyJob]:
+        jobs = [StudyJob.from_claim(claim, self.queue.database)
+                for claim in self.queue.claim_many(worker_id, count, prefer_ahead_by=self.name)]
+        with self._held_lock:
+            for job in jobs:
+                self._held[job.job_id] = _Held(worker_id, job)
+        for job in jobs:
+            log.info("job %d: study %s, attempt %d/%d, %d instances", job.job_id, job.study_uid, job.attempt,
+                     job.max_attempts, len(job.instances))
+        return jobs
+
+    def _forget(self, job: StudyJob) -> None:
+        """The job's outcome is written (or it was handed back): no more heartbeats for it."""
+        with self._held_lock:
+            self._held.pop(job.job_id, None)
 
     def _run_handler(self, job: StudyJob, worker_id: str) -> None:
         started = time.perf_counter()

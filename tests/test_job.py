@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -20,7 +21,7 @@ from dicom_ai.store.database import Database
 from dicom_ai.store.queue import JobQueue
 from dicom_ai.store.records import JobState, ReceivedInstance
 from dicom_ai.worker import Worker
-from tests.support.queueing import STUDY, database, events, fast_queue, job_state, queued_study
+from tests.support.queueing import STUDY, database, events, fast_queue, job_state, queued_study, record_study
 
 __all__ = ["database"]  # the fixture
 
@@ -250,3 +251,93 @@ def test_a_mixed_study_gets_results_for_the_images_that_decode(database: Databas
     assert key.SourceImageSequence[0].ReferencedSOPInstanceUID != bad_uid
     [series] = events(database, "pipeline.series")
     assert series["route"][0]["label"] == "CT"  # type: ignore[index]
+
+
+def _run_the_node_on(tmp_path: Path, studies: list[list[Path]], batch_jobs: int
+                     ) -> tuple[Database, dict[str, int], dict[str, list[Dataset]]]:
+    """Record STUDY (its spool files do not exist) and each study (files as their own spool files), queue their jobs
+    in that order and run a worker with `queue.batch_jobs` until the queue is empty: (database, job id per study,
+    objects queued in the outbox per study)."""
+    import pydicom
+
+    tmp_path.mkdir()
+    database = Database(f"sqlite:///{tmp_path / 'audit.sqlite'}")
+    settings = load_settings(None, {("storage", "data_dir"): str(tmp_path / "data"),
+                                    ("pipeline", "report_process"): False, ("queue", "batch_jobs"): batch_jobs,
+                                    ("queue", "max_attempts"): 1,
+                                    ("nodes", "PACS"): {"ae_title": "PACS", "host": "127.0.0.1", "port": 104},
+                                    ("send", "to_sender"): False, ("send", "extra_destinations"): ["PACS"]},
+                             environ={})
+    queue = JobQueue(database, settings.queue)
+    jobs = {}
+    record_study(database)
+    for files in studies:
+        record_files(database, files)
+    for study_uid in [STUDY, *(str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+                               for files in studies)]:
+        job_id = queue.complete_study(study_uid).job_id
+        assert job_id is not None
+        jobs[study_uid] = job_id
+    worker = Worker(queue, build_study_handler(settings, database), threads=0)
+    runs = 0
+    while worker.run_once():
+        runs += 1
+    assert runs == (len(jobs) + batch_jobs - 1) // batch_jobs  # batches of batch_jobs
+    outbox: dict[str, list[Dataset]] = {}
+    for path in sorted((settings.storage.data_dir / "outbox").glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        outbox.setdefault(str(ds.StudyInstanceUID), []).append(ds)
+    return database, jobs, outbox
+
+
+def _findings_of(database: Database, job_id: int) -> dict[str, object]:
+    from sqlalchemy import select
+
+    from dicom_ai.store.models import Event
+
+    with database.session() as session:
+        detail = session.scalars(select(Event.detail).where(Event.kind == "pipeline.findings",
+                                                            Event.job_id == job_id)).one()
+    return json.loads(detail)
+
+
+def test_jobs_analysed_together_queue_the_results_each_gets_alone_and_fail_on_their_own(
+        database: Database, tmp_path: Path) -> None:
+    """`queue.batch_jobs` = 3 against 1 on the same studies: the same findings and the same DICOM objects (SR
+    content items, SEG frames, key images), floats within the pipeline's tolerance; a study whose spool files are gone
+    fails alone."""
+    from tests.e2e.studies import brain_mr_study, hand_dx_study
+    from tests.pipeline.test_run_studies import assert_close
+
+    studies = [list(brain_mr_study(tmp_path / "lgg", 20, 3).files),
+               list(brain_mr_study(tmp_path / "lgg2", 14, 2, "TCGA_CS_4941_19960909").files),
+               list(hand_dx_study(tmp_path / "hand").files)]
+    alone_db, alone_jobs, alone_out = _run_the_node_on(tmp_path / "alone", studies, batch_jobs=1)
+    together_db, together_jobs, together_out = _run_the_node_on(tmp_path / "together", studies, batch_jobs=3)
+    try:
+        assert alone_jobs.keys() == together_jobs.keys()
+        for study_uid, job_id in together_jobs.items():
+            state, _, error = job_state(together_db, job_id)
+            if study_uid == STUDY:
+                assert state == JobState.FAILED and "could be read from the spool" in error
+                continue
+            assert state == JobState.DONE, error
+            assert_close(_findings_of(together_db, job_id), _findings_of(alone_db, alone_jobs[study_uid]), study_uid)
+            made_together, made_alone = together_out[study_uid], alone_out[study_uid]
+            assert [ds.SOPInstanceUID for ds in made_together] == [ds.SOPInstanceUID for ds in made_alone]
+            for ds_together, ds_alone in zip(made_together, made_alone):
+                assert_close(ds_together.to_json_dict(), ds_alone.to_json_dict(), str(ds_alone.SOPInstanceUID),
+                             ignore=CREATED_AT)
+        assert together_out.keys() == alone_out.keys() == together_jobs.keys() - {STUDY}
+        assert any(ds.Modality == "SEG" for objects in together_out.values() for ds in objects)
+        started = [e["studies_analysed_together"] for e in events(together_db, "pipeline.started")]
+        assert started == [3, 3, 3, 1]  # the study without readable files was in the first batch, and failed alone
+    finally:
+        alone_db.close()
+        together_db.close()
+
+
+# When each object was made (instance creation, series, content, secondary capture, contributing equipment), and the
+# SEG's Dimension Organization UID, which highdicom makes up anew for every object.
+CREATED_AT = frozenset({"00080012", "00080013", "00080021", "00080031", "00080023", "00080033", "0040A032",
+                        "00181012", "00181014", "0018A002", "00209164"})

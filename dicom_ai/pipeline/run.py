@@ -1,16 +1,25 @@
-"""`run_study`: one study's instances -> `StudyFindings`. Pure: no networking, no database.
+"""`run_study`: one study's instances -> `StudyFindings`; `analyse_studies`: several studies at once, each model
+run once over the frames of all of them (a worker's cross-study batch, `queue.batch_jobs`). Pure: no networking,
+no database.
 
 Per series: decode every frame once (pixels.load_frames; an undecodable instance becomes an InstanceError and the
 rest of the series runs), walk the routing tree from its root (each node weighs header and classifier evidence),
-collect the detectors and segmenters the decided classes ask for, and run each on every frame in batches.
+collect the detectors and segmenters the decided classes ask for, and run each on every frame in batches. With
+several series (of one study or of several), the walk goes one node at a time for all of them: every series
+evaluating a node has its representative frames classified in one call, and every detector and segmenter runs once
+over the frames of every series whose classes ask for it, in `batch_size` chunks; the results are split back per
+series. One study alone is simply a batch of one. A model's output for a frame does not depend on the other frames
+of its forward pass (eval mode), so a series gets the same findings in any batch, up to floating-point rounding of
+differently sized matrix products (far below any threshold in the tests; see tests/pipeline/test_run_studies.py).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -86,53 +95,125 @@ def representative(frames: Sequence[SourceFrame], count: int) -> list[SourceFram
     return [frames[i] for i in picks]
 
 
+TASKS = ("detection", "segmentation")  # the model kinds a route asks for, in the order their results are listed
+_Output = TypeVar("_Output")
+
+
+@dataclass(eq=False)
+class _SeriesWork:
+    """One series on its way through the pipeline: its frames, the nodes still to evaluate, the route so far, the
+    models its classes ask for and what each of them gave (boxes, a segmentation, or why it did not run)."""
+
+    series: Series
+    frames: list[SourceFrame]
+    errors: list[InstanceError]
+    pending: list[str]
+    timings: dict[str, float] = field(default_factory=dict)
+    decisions: list[RouteDecision] = field(default_factory=list)
+    wanted: dict[str, list[str]] = field(default_factory=lambda: {task: [] for task in TASKS})
+    results: dict[tuple[str, str], list[Detection] | Segmentation | SkippedModel] = field(default_factory=dict)
+
+    def follow(self, node: RouteNode, decision: RouteDecision) -> None:
+        """Record the node's decision; the decided class's route adds its next nodes, detectors and segmenters."""
+        self.decisions.append(decision)
+        route = next((r for label, r in node.routes.items()
+                      if decision.label is not None and node.canonical(label) == decision.label), None)
+        if route is None:
+            return
+        self.pending.extend(route.next)
+        for task, names in (("detection", route.detect), ("segmentation", route.segment)):
+            self.wanted[task].extend(name for name in names if name not in self.wanted[task])
+
+    def findings(self) -> SeriesFindings:
+        detections: list[Detection] = []
+        segmentations: list[Segmentation] = []
+        skipped: list[SkippedModel] = []
+        for task in TASKS:
+            for name in self.wanted[task]:
+                result = self.results[(task, name)]
+                if isinstance(result, SkippedModel):
+                    skipped.append(result)
+                elif isinstance(result, Segmentation):
+                    segmentations.append(result)
+                else:
+                    detections.extend(result)
+        timings = {**self.timings, "total": sum(self.timings.values())}
+        series = self.series
+        return SeriesFindings(
+            series_instance_uid=series.series_instance_uid, modality=series.modality,
+            source_instances=series.sop_instance_uids, route=tuple(self.decisions), detections=tuple(detections),
+            segmentations=tuple(segmentations), errors=tuple(self.errors), timings=timings,
+            skipped_models=tuple(skipped))
+
+
+def _run_together(works: Sequence[_SeriesWork], images: Callable[[_SeriesWork], list[np.ndarray]],
+                  run: Callable[[list[np.ndarray]], Sequence[_Output]], timing: str) -> list[Sequence[_Output]]:
+    """`run` once over the images of every series in `works`, its per-image outputs split back per series. The
+    pass's seconds are shared out between the series by their number of images, under `timings[timing]`."""
+    per_series = [images(work) for work in works]
+    mark = time.perf_counter()
+    outputs = run([image for chosen in per_series for image in chosen])
+    seconds = time.perf_counter() - mark
+    total = sum(len(chosen) for chosen in per_series)
+    split: list[Sequence[_Output]] = []
+    start = 0
+    for work, chosen in zip(works, per_series):
+        split.append(outputs[start:start + len(chosen)])
+        start += len(chosen)
+        share = len(chosen) / total if total else 1 / len(works)
+        work.timings[timing] = work.timings.get(timing, 0.0) + seconds * share
+    return split
+
+
 class _Router:
-    """Walks the routing tree for one series; loads models through the registry (cached there)."""
+    """Walks the routing tree for several series at once; loads models through the registry (cached there)."""
 
     def __init__(self, registry: ModelRegistry, routing: RoutingTree, batch_size: int) -> None:
         self.registry = registry
         self.routing = routing
         self.batch_size = batch_size
 
-    def evaluate(self, node: RouteNode, series: Series, frames: Sequence[SourceFrame]) -> RouteDecision:
-        header = header_evidence(node.header, node, series.first) if node.header else None
-        classifier: Evidence | None = None
+    def evaluate(self, node: RouteNode, works: Sequence[_SeriesWork]) -> list[RouteDecision]:
+        """The node's decision for each series; its classifier runs once over all their representative frames."""
+        headers = [header_evidence(node.header, node, w.series.first) if node.header else None for w in works]
+        classifiers: dict[int, Evidence] = {}
         ref = None
-        reason = ""
+        reasons = ["" for _ in works]
         if node.model:
             try:
                 model = self.registry.load(node.model)
             except ModelUnavailable as exc:
-                reason = str(exc)
+                reasons = [str(exc) for _ in works]
             else:
                 ref = model.ref
-                chosen = representative(frames, node.frames)
-                if chosen:
-                    probabilities = inference.classify(model, [f.image for f in chosen], self.batch_size)
-                    classifier = classifier_evidence(node, tuple(model.spec.classes), probabilities.mean(axis=0),
-                                                     len(chosen))
-                else:
-                    reason = "no decodable frame in the series"
-        return decide(node, header, classifier, ref, reason)
+                with_frames = [i for i, work in enumerate(works) if work.frames]
+                for i in set(range(len(works))) - set(with_frames):
+                    reasons[i] = "no decodable frame in the series"
+                probabilities = _run_together(
+                    [works[i] for i in with_frames],
+                    lambda work: [f.image for f in representative(work.frames, node.frames)],
+                    lambda images: inference.classify(model, images, self.batch_size), "route")
+                for i, per_frame in zip(with_frames, probabilities):
+                    classifiers[i] = classifier_evidence(node, tuple(model.spec.classes),
+                                                         np.asarray(per_frame).mean(axis=0), len(per_frame))
+        return [decide(node, header, classifiers.get(i), ref, reasons[i]) for i, header in enumerate(headers)]
 
-    def walk(self, series: Series, frames: Sequence[SourceFrame]) -> tuple[list[RouteDecision], list[str], list[str]]:
-        """Decisions in tree order, then the detectors and segmenters the decided classes ask for."""
-        decisions: list[RouteDecision] = []
-        detectors: list[str] = []
-        segmenters: list[str] = []
-        pending = [self.routing.root]
-        while pending:
-            node = self.routing.node(pending.pop(0))
-            decision = self.evaluate(node, series, frames)
-            decisions.append(decision)
-            route = next((r for label, r in node.routes.items()
-                          if decision.label is not None and node.canonical(label) == decision.label), None)
-            if route is None:
-                continue
-            pending.extend(route.next)
-            detectors.extend(d for d in route.detect if d not in detectors)
-            segmenters.extend(s for s in route.segment if s not in segmenters)
-        return decisions, detectors, segmenters
+    def walk(self, works: Sequence[_SeriesWork]) -> None:
+        """Every series' decisions in tree order, and the detectors and segmenters its decided classes ask for.
+        Each round takes the next pending node of every series, and evaluates each node once for the series at it."""
+        for work in works:
+            work.timings.setdefault("route", 0.0)
+        while True:
+            due: dict[str, list[_SeriesWork]] = {}
+            for work in works:
+                if work.pending:
+                    due.setdefault(work.pending.pop(0), []).append(work)
+            if not due:
+                return
+            for name, group in due.items():
+                node = self.routing.node(name)
+                for work, decision in zip(group, self.evaluate(node, group)):
+                    work.follow(node, decision)
 
 
 def _area_mm2(mask: np.ndarray, frame: SourceFrame) -> float | None:
@@ -150,54 +231,98 @@ def _volume_mm3(series: Series, frames: Sequence[FrameMask]) -> float | None:
     return float(sum(f.area_mm2 or 0.0 for f in frames) * spacing)
 
 
-def analyse_series(series: Series, registry: ModelRegistry, routing: RoutingTree,
-                   batch_size: int = inference.DEFAULT_BATCH,
-                   detection_confidence: float | None = None) -> SeriesFindings:
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
-    frames, errors = decode_series(series)
-    timings["pixels"] = time.perf_counter() - started
-
-    mark = time.perf_counter()
-    router = _Router(registry, routing, batch_size)
-    decisions, detector_names, segmenter_names = router.walk(series, frames)
-    timings["route"] = time.perf_counter() - mark
-
-    detections: list[Detection] = []
-    segmentations: list[Segmentation] = []
-    skipped: list[SkippedModel] = []
-    images = [f.image for f in frames]
-    for task, names in (("detection", detector_names), ("segmentation", segmenter_names)):
+def _run_models(works: Sequence[_SeriesWork], registry: ModelRegistry, batch_size: int,
+                detection_confidence: float | None) -> None:
+    """Each detector and segmenter any series asks for, once over the frames of every series that asks for it."""
+    for task in TASKS:
+        names = list(dict.fromkeys(name for work in works for name in work.wanted[task]))
         for name in names:
-            mark = time.perf_counter()
+            group = [work for work in works if name in work.wanted[task]]
             try:
                 model = registry.load(name)
             except ModelUnavailable as exc:
-                skipped.append(SkippedModel(name, task, exc.reason))
+                for work in group:
+                    work.results[(task, name)] = SkippedModel(name, task, exc.reason)
                 continue
-            if not frames:
-                skipped.append(SkippedModel(name, task, "no decodable frame in the series"))
-                continue
+            for work in group:
+                if not work.frames:
+                    work.results[(task, name)] = SkippedModel(name, task, "no decodable frame in the series")
+            runnable = [work for work in group if work.frames]
             ref = model.ref
             if task == "detection":
                 confidence = (detection_confidence if detection_confidence is not None
                               else model.spec.operating_value("confidence", inference.DETECTION_CONFIDENCE))
-                for frame, boxes in zip(frames, inference.detect(model, images, batch_size, confidence)):
-                    detections.extend(
-                        Detection(frame.sop_instance_uid, frame.frame_number, b.label, b.score, b.box, ref) for b in boxes)
+                found = _run_together(runnable, lambda work: [f.image for f in work.frames],
+                                      lambda images: inference.detect(model, images, batch_size, confidence),
+                                      f"{task}:{name}")
+                for work, boxes_per_frame in zip(runnable, found):
+                    work.results[(task, name)] = [
+                        Detection(frame.sop_instance_uid, frame.frame_number, b.label, b.score, b.box, ref)
+                        for frame, boxes in zip(work.frames, boxes_per_frame) for b in boxes]
             else:
-                masks = [FrameMask(frame.sop_instance_uid, frame.frame_number, mask, _area_mm2(mask, frame))
-                         for frame, mask in zip(frames, inference.segment(
-                             model, images, batch_size,
-                             model.spec.operating_value("threshold", inference.MASK_THRESHOLD)))]
-                segmentations.append(Segmentation(label=model.spec.classes[0], model=ref, frames=tuple(masks),
-                                                  volume_mm3=_volume_mm3(series, masks)))
-            timings[f"{task}:{name}"] = time.perf_counter() - mark
-    timings["total"] = time.perf_counter() - started
-    return SeriesFindings(
-        series_instance_uid=series.series_instance_uid, modality=series.modality,
-        source_instances=series.sop_instance_uids, route=tuple(decisions), detections=tuple(detections),
-        segmentations=tuple(segmentations), errors=tuple(errors), timings=timings, skipped_models=tuple(skipped))
+                threshold = model.spec.operating_value("threshold", inference.MASK_THRESHOLD)
+                masks_per_series = _run_together(runnable, lambda work: [f.image for f in work.frames],
+                                                 lambda images: inference.segment(model, images, batch_size,
+                                                                                  threshold),
+                                                 f"{task}:{name}")
+                for work, masks in zip(runnable, masks_per_series):
+                    frames = tuple(FrameMask(frame.sop_instance_uid, frame.frame_number, mask, _area_mm2(mask, frame))
+                                   for frame, mask in zip(work.frames, masks))
+                    work.results[(task, name)] = Segmentation(label=model.spec.classes[0], model=ref, frames=frames,
+                                                              volume_mm3=_volume_mm3(work.series, frames))
+
+
+def _read_study(instances: Iterable[InstanceSource]) -> tuple[str, list[Series], list[InstanceError]]:
+    """(study UID, series, files that could not be read); ValueError when the files hold several studies."""
+    series_list, read_errors = group_series(instances)
+    study_uids = {str(s.first.StudyInstanceUID) for s in series_list}
+    if len(study_uids) > 1:
+        raise ValueError(f"run_study got instances of {len(study_uids)} studies: {sorted(study_uids)}")
+    return next(iter(study_uids), ""), series_list, read_errors
+
+
+def _decoded(series: Series, routing: RoutingTree) -> _SeriesWork:
+    started = time.perf_counter()
+    frames, errors = decode_series(series)
+    return _SeriesWork(series, frames, errors, [routing.root], timings={"pixels": time.perf_counter() - started})
+
+
+def analyse_studies(studies: Sequence[Iterable[InstanceSource]], registry: ModelRegistry, routing: RoutingTree, *,
+                    batch_size: int = inference.DEFAULT_BATCH, progress: Progress | None = None,
+                    detection_confidence: float | None = None) -> list[StudyFindings | Exception]:
+    """Analyse several studies together, each model running once over the frames of all the series that need it
+    (see the module docstring): per study, in order, its findings, or the exception that stopped reading or
+    decoding it (the other studies are analysed regardless). An error in a shared model pass is raised, as it
+    would be for each study alone. `progress` is called before each series is decoded; what it raises stops the
+    whole analysis. See `run_study` for the rest."""
+    started = _now()
+    failed: dict[int, Exception] = {}
+    decoded: dict[int, tuple[str, list[_SeriesWork], list[InstanceError]]] = {}
+    for index, instances in enumerate(studies):
+        try:
+            study_uid, series_list, read_errors = _read_study(instances)
+        except Exception as exc:  # this study's files; the other studies go on
+            failed[index] = exc
+            continue
+        works = []
+        for series in series_list:
+            if progress:
+                progress(f"series {series.series_instance_uid}: {len(series.datasets)} instance(s)")
+            try:
+                works.append(_decoded(series, routing))
+            except Exception as exc:  # PixelDataError is already one instance's error; this is anything else
+                failed[index] = exc
+                break
+        else:
+            decoded[index] = study_uid, works, read_errors
+    every_series = [work for _, works, _ in decoded.values() for work in works]
+    _Router(registry, routing, batch_size).walk(every_series)
+    _run_models(every_series, registry, batch_size, detection_confidence)
+    finished = _now()
+    return [failed[index] if index in failed else
+            StudyFindings(study_instance_uid=decoded[index][0], series=tuple(w.findings() for w in decoded[index][1]),
+                          started_at=started, finished_at=finished, errors=tuple(decoded[index][2]))
+            for index in range(len(studies))]
 
 
 def run_study(instances: Iterable[InstanceSource], registry: ModelRegistry, routing: RoutingTree, *,
@@ -212,19 +337,11 @@ def run_study(instances: Iterable[InstanceSource], registry: ModelRegistry, rout
     Instances without pixel data (SR, KO, presentation states) are ignored; unreadable files are recorded as
     study-level errors. Raises ValueError when the instances belong to more than one study.
     """
-    started = _now()
-    series_list, read_errors = group_series(instances)
-    study_uids = {str(s.first.StudyInstanceUID) for s in series_list}
-    if len(study_uids) > 1:
-        raise ValueError(f"run_study got instances of {len(study_uids)} studies: {sorted(study_uids)}")
-    results = []
-    for series in series_list:
-        if progress:
-            progress(f"series {series.series_instance_uid}: {len(series.datasets)} instance(s)")
-        results.append(analyse_series(series, registry, routing, batch_size, detection_confidence))
-    return StudyFindings(study_instance_uid=next(iter(study_uids), ""), series=tuple(results),
-                         started_at=started, finished_at=_now(),
-                         errors=tuple(read_errors))
+    [outcome] = analyse_studies([instances], registry, routing, batch_size=batch_size, progress=progress,
+                                detection_confidence=detection_confidence)
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
 
 
-__all__ = ["SourceFrame", "analyse_series", "decode_series", "representative", "run_study"]
+__all__ = ["SourceFrame", "analyse_studies", "decode_series", "representative", "run_study"]

@@ -3,10 +3,11 @@
 Workers (threads here, or processes on other machines sharing the database) claim a job with a lease: the claim is
 one conditional UPDATE (`... WHERE id = :id AND state = 'queued'`, rowcount checked) inside a write transaction
 (SQLite: BEGIN IMMEDIATE; PostgreSQL: the candidate row is selected FOR UPDATE SKIP LOCKED), so two workers never
-hold the same job. The holder renews the lease with heartbeats; a job whose lease expired (the worker crashed or was
-killed) is reclaimed and counts as a failed attempt. After `max_attempts` failed attempts a job is `failed` until an
-operator re-queues it (`dicom-ai retry`). A job is only ever marked `done` by the worker holding it, after its
-handler returned.
+hold the same job. A worker batching studies (`queue.batch_jobs`) claims several due jobs in one such transaction
+(`claim_many`), each with its own lease. The holder renews the lease with heartbeats; a job whose lease expired (the
+worker crashed or was killed) is reclaimed and counts as a failed attempt. After `max_attempts` failed attempts a
+job is `failed` until an operator re-queues it (`dicom-ai retry`). A job is only ever marked `done` by the worker
+holding it, after its handler returned.
 
 Fencing: a worker that was paused, partitioned or slow past its lease may wake up after another worker re-claimed
 the job. Every transaction that writes a job's results (the outbox rows, `dicom_ai.send.outbox`) or completes it
@@ -202,30 +203,37 @@ class JobQueue:
         """Take the oldest due queued job with a lease for `worker_id`, or None when there is none; with
         `prefer_ahead_by` (the worker process), first the jobs of studies it analysed ahead (their findings wait in
         its memory)."""
+        return next(iter(self.claim_many(worker_id, 1, prefer_ahead_by)), None)
+
+    def claim_many(self, worker_id: str, count: int, prefer_ahead_by: str | None = None) -> list[ClaimedJob]:
+        """Up to `count` due queued jobs for `worker_id`, in `claim`'s order, in one transaction (a worker's
+        cross-study batch, `queue.batch_jobs`). Each gets its own lease, attempt and `job.claimed` event: from here
+        on each is heartbeaten, completed, failed or fenced on its own."""
         now = self._clock()
+        claimed: list[ClaimedJob] = []
         with self.database.write_session() as session:
             if is_paused(session, Control.PROCESSING):  # an operator paused processing (dicom_ai.store.controls)
-                return None
-            candidate = session.scalar(next_due_job(now, prefer_ahead_by))
-            if candidate is None:
-                return None
-            claimed = session.execute(
-                update(Job).where(Job.id == candidate, Job.state == JobState.QUEUED)
-                .values(state=JobState.RUNNING, worker_id=worker_id, attempts=Job.attempts + 1, claimed_at=now,
-                        heartbeat_at=now, lease_expires_at=now + self._lease, updated_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            if claimed.rowcount != 1:
-                return None  # another worker won the race; the caller simply polls again
-            job = session.get_one(Job, candidate, populate_existing=True)
-            study = job.study
-            add_event(session, "job.claimed", study_uid=study.study_uid, job_id=job.id,
-                      detail={"worker": worker_id, "attempt": job.attempts, "max_attempts": job.max_attempts})
-            if study.state == StudyState.QUEUED:
-                set_study_state(session, study, StudyState.PROCESSING, job_id=job.id)
-            return ClaimedJob(job_id=job.id, study_uid=study.study_uid, attempt=job.attempts,
-                              max_attempts=job.max_attempts, worker_id=worker_id, calling_ae=study.calling_ae,
-                              instances=_analysable_instances(session, study.id))
+                return claimed
+            for candidate in list(session.scalars(next_due_job(now, prefer_ahead_by, count))):
+                taken = session.execute(
+                    update(Job).where(Job.id == candidate, Job.state == JobState.QUEUED)
+                    .values(state=JobState.RUNNING, worker_id=worker_id, attempts=Job.attempts + 1, claimed_at=now,
+                            heartbeat_at=now, lease_expires_at=now + self._lease, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+                if taken.rowcount != 1:
+                    continue  # another worker won the race for this one
+                job = session.get_one(Job, candidate, populate_existing=True)
+                study = job.study
+                add_event(session, "job.claimed", study_uid=study.study_uid, job_id=job.id,
+                          detail={"worker": worker_id, "attempt": job.attempts, "max_attempts": job.max_attempts})
+                if study.state == StudyState.QUEUED:
+                    set_study_state(session, study, StudyState.PROCESSING, job_id=job.id)
+                claimed.append(ClaimedJob(job_id=job.id, study_uid=study.study_uid, attempt=job.attempts,
+                                          max_attempts=job.max_attempts, worker_id=worker_id,
+                                          calling_ae=study.calling_ae,
+                                          instances=_analysable_instances(session, study.id)))
+        return claimed
 
     def heartbeat(self, job_id: int, worker_id: str) -> bool:
         """Renew the lease; False when the job is no longer held by `worker_id`."""
@@ -412,15 +420,16 @@ def _lock_held_job(session: Session, job_id: int, worker_id: str, attempt: int |
     return job
 
 
-def next_due_job(now: datetime, prefer_ahead_by: str | None = None) -> Select[tuple[int]]:
-    """The oldest due queued job (first those of studies `prefer_ahead_by` analysed ahead); PostgreSQL skips rows
-    other claimers have locked, SQLite has no row locks and serialises writers instead (BEGIN IMMEDIATE)."""
+def next_due_job(now: datetime, prefer_ahead_by: str | None = None, count: int = 1) -> Select[tuple[int]]:
+    """The oldest due queued job, or the `count` oldest (first those of studies `prefer_ahead_by` analysed ahead);
+    PostgreSQL skips rows other claimers have locked, SQLite has no row locks and serialises writers instead
+    (BEGIN IMMEDIATE)."""
     # Locks the study row too (FOR UPDATE covers every joined table): a claim never waits on any lock, so it
     # cannot deadlock with a listener thread that holds the study while recording an instance.
     order = [case((Study.ahead_by == prefer_ahead_by, 0), else_=1)] if prefer_ahead_by else []
     return (select(Job.id).join(Study, Job.study_id == Study.id)
             .where(Job.state == JobState.QUEUED, or_(Job.not_before.is_(None), Job.not_before <= now))
-            .order_by(*order, Job.id).limit(1)
+            .order_by(*order, Job.id).limit(count)
             .with_for_update(skip_locked=True))
 
 

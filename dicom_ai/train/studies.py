@@ -182,6 +182,9 @@ def _geometry(ds: Dataset, acquisition: Acquisition, index: int) -> None:
     ds.ImageOrientationPatient = [f"{v:g}" for v in orientation]
     normal = np.cross(orientation[:3], orientation[3:])
     ds.ImagePositionPatient = [f"{v:g}" for v in normal * index * acquisition.slice_spacing_mm]
+    # The Frame of Reference module a real CT or MR carries with its geometry (the node's SEG needs it).
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[str(ds.SeriesInstanceUID), "frame of reference"])
+    ds.PositionReferenceIndicator = ""
 
 
 def body_part(acquisition: Acquisition, index: int) -> str | None:

@@ -82,6 +82,8 @@ def test_series_are_part10_explicit_little_endian_with_valid_uids_and_the_varian
         (MRImageStorage, "MR", "BRAIN", 12)
     assert [float(v) for v in first.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
     assert float(last.ImagePositionPatient[2]) - float(first.ImagePositionPatient[2]) == pytest.approx(6.0)
+    # The geometry's Frame of Reference, one per series, as a real MR carries it (the node's SEG needs it).
+    assert UID(first.FrameOfReferenceUID).is_valid and first.FrameOfReferenceUID == last.FrameOfReferenceUID
     assert ("WindowCenter" in first, "WindowCenter" in pydicom.dcmread(honest[1])) == (True, False)
     assert len({pydicom.dcmread(p).SOPInstanceUID for p in honest + bare}) == 6
     for path in bare:
