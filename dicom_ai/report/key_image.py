@@ -142,6 +142,9 @@ def render_overlay(sources: SeriesSources, plan: SegmentPlan, key: KeyFrame) -> 
     return np.asarray(canvas)
 
 
+UNKNOWN_ORIENTATION_PLACEHOLDER = ("L", "F")
+
+
 def _orientation(image: Dataset) -> tuple[str, str]:
     """PatientOrientation (0020,0020) of the frame: copied, or derived from ImageOrientationPatient."""
     if image.get("PatientOrientation") and len(image.PatientOrientation) == 2:
@@ -166,12 +169,18 @@ def build_key_image(sources: SeriesSources, plan: SegmentPlan, *, series_uid: st
         return None
     pixels = render_overlay(sources, plan, key)
     models = [s.model for s in plan.segments.values()] + [d.model for d in sources.findings.detections]
+    orientation = _orientation(key.image)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=key.image, pixel_array=pixels, photometric_interpretation="RGB", bits_allocated=8,
         coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=series_number,
         sop_instance_uid=sop_instance_uid, instance_number=1, manufacturer=MANUFACTURER,
-        patient_orientation=_orientation(key.image), transfer_syntax_uid="1.2.840.10008.1.2.1",
+        patient_orientation=orientation if all(orientation) else UNKNOWN_ORIENTATION_PLACEHOLDER,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
         contributing_equipment=contributing_equipment(list({(m.name, m.version): m for m in models}.values())))
+    if not all(orientation):
+        # Patient Orientation is Type 2: empty says "unknown", which is the truth for a source without one
+        # (highdicom accepts only real directions, hence the placeholder it never keeps).
+        sc.PatientOrientation = ""
     sc.BurnedInAnnotation = "YES"
     # General Series Laterality is Type 2C: present (empty for an unpaired or unknown part)
     laterality = key.image.get("Laterality") or key.image.get("ImageLaterality") or ""

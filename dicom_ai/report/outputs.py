@@ -16,16 +16,20 @@ predecessor: the current report.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Collection, Sequence
+from typing import Any
 
 from pydicom.dataset import Dataset
 
 from dicom_ai.pipeline.findings import ModelRef, SeriesFindings, StudyFindings
 from dicom_ai.report.identity import derived_uid, model_identity
 from dicom_ai.report.key_image import build_key_image
-from dicom_ai.report.segmentation import build_segmentation, non_empty
-from dicom_ai.report.sources import series_sources
+from dicom_ai.report.segmentation import SegmentPlan, build_segmentation, non_empty
+from dicom_ai.report.sources import SeriesSources, series_sources
 from dicom_ai.report.structured_report import box_groups, build_box_report, build_full_report
+
+log = logging.getLogger(__name__)
 
 SERIES_NUMBER_BASE = 9000
 KINDS = ("seg", "sr", "boxes", "key")  # SEG, complete TID 1500 SR, boxes-only SR, key image
@@ -74,8 +78,8 @@ def build_series_outputs(source_datasets: Sequence[Dataset], findings: SeriesFin
     plan = non_empty(findings.segmentations)
     seg = None
     if plan.segments and ("seg" in kinds or "sr" in kinds):  # the complete SR references the SEG
-        seg = build_segmentation(sources, plan, series_number=base + 1, now=now, **uids("seg"))
-        if "seg" in kinds:
+        seg = _segmentation_or_none(sources, plan, series_number=base + 1, now=now, **uids("seg"))
+        if seg is not None and "seg" in kinds:
             outputs.append(seg)
     boxes = box_groups(sources) if "sr" in kinds or "boxes" in kinds else []
     if "sr" in kinds:
@@ -91,6 +95,20 @@ def build_series_outputs(source_datasets: Sequence[Dataset], findings: SeriesFin
     if key_image is not None:
         outputs.append(key_image)
     return outputs
+
+
+def _segmentation_or_none(sources: SeriesSources, plan: SegmentPlan, **identity: Any) -> Dataset | None:
+    """The SEG, or None when the sources lack the Frame of Reference their IOD requires (an MR or CT image without
+    one breaks its IOD and no SEG can be made on it): the SR then has no segment measurements and the key image
+    still shows the masks; everything else of the study is still sent."""
+    try:
+        return build_segmentation(sources, plan, **identity)
+    except ValueError as exc:
+        if not sources.is_projection:  # it has a Frame of Reference: a real error
+            raise
+        log.warning("series %s: no SEG (%s); its SR has no segment measurements, its key image shows the masks",
+                    sources.findings.series_instance_uid, exc)
+        return None
 
 
 def build_outputs(source_datasets: Sequence[Dataset], findings: StudyFindings, *, now: dt.datetime | None = None,

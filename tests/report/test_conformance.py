@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +12,8 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset
 
-from tests.report.conftest import ReportCase
+from dicom_ai.report import build_outputs
+from tests.report.conftest import NOW, ReportCase
 
 pytestmark = pytest.mark.integration
 
@@ -60,3 +62,24 @@ def test_dsrdump_finds_no_error_or_warning_in_our_srs(report_cases: dict[str, Re
         assert result.returncode == 0, result.stderr
         problems = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith(("E:", "W:"))]
         assert not problems, f"{ds.SeriesDescription}: {problems}"
+
+
+def test_sources_missing_what_their_iod_requires_still_give_every_object_they_can(
+        report_cases: dict[str, ReportCase], tmp_path: Path) -> None:
+    """An MR without its (mandatory) Frame of Reference gets no SEG but its SRs and key image; a radiograph with an
+    empty Patient Orientation gets a key image whose orientation is empty (unknown), which dciodvfy accepts."""
+    mr = [copy.deepcopy(ds) for ds in report_cases["MR"].sources]
+    for ds in mr:
+        del ds.FrameOfReferenceUID
+    outputs = build_outputs(mr, report_cases["MR"].findings, now=NOW)
+    assert [ds.SOPClassUID.name for ds in outputs] == [
+        "Comprehensive 3D SR Storage", "Comprehensive 3D SR Storage", "Secondary Capture Image Storage"]
+    dx = [copy.deepcopy(ds) for ds in report_cases["DX"].sources]
+    for ds in dx:
+        ds.PatientOrientation = ""
+    key_image = next(ds for ds in build_outputs(dx, report_cases["DX"].findings, now=NOW)
+                     if ds.SOPClassUID.name == "Secondary Capture Image Storage")
+    assert key_image.PatientOrientation == ""
+    (tmp_path / "sources").mkdir()
+    inherited = set().union(*(dciodvfy_errors(saved(ds, tmp_path / "sources")) for ds in dx))
+    assert dciodvfy_errors(saved(key_image, tmp_path)) - inherited == set()
