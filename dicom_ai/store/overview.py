@@ -167,7 +167,7 @@ def node_status(database: Database, recent: int = 10, stale_after: timedelta = L
                      if process.state != ListenerState.GONE]  # a gone run is history unless it is the latest
         listeners = [process for process in processes if process.port]
         if not listeners and latest is not None:
-            listeners = [_listener(latest, stale_after)]
+            listeners = [run_status(latest, stale_after)]
         listener = next((item for item in listeners if item.running), listeners[0] if listeners else None)
         jobs_by_state = {str(state): 0 for state in JobState}
         jobs_by_state.update(_counts(session, Job.state))

@@ -3,13 +3,7 @@ and instance factories."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +12,7 @@ from sqlalchemy import create_engine, text
 
 from dicom_ai.store.database import Database
 from dicom_ai.store.records import ReceivedInstance
+from tests.support import postgres
 
 _counter = itertools.count(1)
 
@@ -50,56 +45,30 @@ def instance_factory() -> Callable[..., ReceivedInstance]:
     return make_instance
 
 
-_INITDB = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
 _databases = itertools.count(1)
-_restarts: dict[str, Callable[[str], None]] = {}  # base URL -> restarts that server, listening on the addresses given
-_hba_files: dict[str, Path] = {}
+_servers: dict[str, postgres.PostgresServer] = {}  # base URL -> the server
 
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
-    """A throw-away PostgreSQL server of our own (Debian's binaries, a free port, trust auth); yields its base URL."""
-    if not _INITDB or importlib.util.find_spec("psycopg") is None:
+    """A throw-away PostgreSQL server of our own (tests.support.postgres); yields its base URL."""
+    if not postgres.available():
         pytest.skip("PostgreSQL server binaries (apt postgresql) or psycopg are not installed")
-    bin_dir = _INITDB[-1].parent
-    root = Path(tempfile.mkdtemp(prefix="dicom-ai-pg-"))
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        shutil.chown(root, "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    data = root / "data"
-
-    def run(*command: str) -> None:
-        subprocess.run([*as_postgres, *command], check=True, capture_output=True, timeout=60)
-
-    run(str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "node", "-E", "UTF8", "--no-sync")
-    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
-        "-o", f"-p {port} -k {root} -h 127.0.0.1 -F", "start")
-    url = f"postgresql+psycopg://node@127.0.0.1:{port}"
-    _restarts[url] = lambda addresses: run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"),
-                                           "-m", "fast", "-w", "-o", f"-p {port} -k {root} -h {addresses} -F",
-                                           "restart")
-    _hba_files[url] = data / "pg_hba.conf"
-    try:
-        yield url
-    finally:
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+    with postgres.postgres_server() as server:
+        _servers[server.url] = server
+        yield server.url
 
 
 def restart_postgres_server(server: str, addresses: str = "127.0.0.1") -> None:
     """Restart the `postgres_server` at `server` (fast shutdown: open connections are cut, as in a failover),
     listening on `addresses` (comma-separated)."""
-    _restarts[server](addresses)
+    _servers[server].restart(addresses)
 
 
 def open_postgres_server_to(server: str, addresses: str, network: str) -> None:
     """Let the `postgres_server` at `server` also listen on `addresses` and trust clients in `network` (a CIDR:
     the test's own network namespaces), then restart it."""
-    hba = _hba_files[server]
+    hba = _servers[server].hba_file
     line = f"host all all {network} trust\n"
     if line not in hba.read_text():
         with hba.open("a") as handle:  # the file is the server user's; root appends as the fixture created it
