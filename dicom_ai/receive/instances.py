@@ -251,7 +251,7 @@ class InstanceReceiver:
             pending = self.recorder.pending_path(sop_instance_uid)
             if pending is not None:
                 return pending
-        with self.database.engine.connect() as connection:
+        with self.database.one_statement_reads.connect() as connection:
             path = connection.execute(_STORED_PATH, {"uid": sop_instance_uid}).scalar()
         return None if path is None else Path(path)
 
