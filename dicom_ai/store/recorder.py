@@ -46,6 +46,8 @@ from dicom_ai.store.database import Database
 from dicom_ai.store.health import FailureLog
 from dicom_ai.store.records import ReceivedInstance
 
+_FIELDS = tuple(field.name for field in dataclasses.fields(ReceivedInstance))
+
 log = logging.getLogger(__name__)
 
 JOURNAL_DIR = ".journal"
@@ -95,7 +97,8 @@ class InstanceRecorder:
 
     def submit(self, association_id: int | None, instance: ReceivedInstance) -> None:
         """Journal an instance whose spool file is durable and queue its row. Raises `JournalUnavailable`."""
-        line = json.dumps({"association_id": association_id, **dataclasses.asdict(instance)},
+        # not dataclasses.asdict: it deep-copies every value, a tenth of the listener's Python time per C-STORE
+        line = json.dumps({"association_id": association_id, **{name: getattr(instance, name) for name in _FIELDS}},
                           default=datetime.isoformat).encode() + b"\n"
         with self._condition:
             try:
