@@ -30,6 +30,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -270,6 +271,12 @@ class Node:
 
 
 
+def _listener_process_count(node: Node) -> Callable[[], tuple[int, int]]:
+    """(listener processes accepting now, `listener.processes`), this one included."""
+    configured = node.settings.listener.processes
+    return lambda: (1 + (len(node.listener_processes.pids) if node.listener_processes else 0), configured)
+
+
 def start_http(node: Node, handler: StudyHandler | None) -> HttpServer:
     """The dashboard, API, /metrics and health endpoints (http.enabled), over this process's own database and, when
     it runs them, its listener, worker and models (readiness counts only the roles it runs)."""
@@ -280,7 +287,8 @@ def start_http(node: Node, handler: StudyHandler | None) -> HttpServer:
     settings, listener, worker, sender = node.settings, node.listener, node.worker, node.sender
     readiness = Readiness(node.database, settings.storage.data_dir, int(settings.http.ready_min_free_mb * 2**20),
                           listening=lambda: listener is None or listener.address is not None,
-                          warmed=worker.warmed.is_set if worker is not None else lambda: True)
+                          warmed=worker.warmed.is_set if worker is not None else lambda: True,
+                          listener_processes=_listener_process_count(node) if listener is not None else None)
     context = WebContext(settings, node.database, readiness,
                          registry=lambda: getattr(handler, "registry", None),
                          wake_worker=worker.wake if worker is not None else lambda: None,

@@ -33,13 +33,20 @@ class Readiness:
     min_free_bytes: int
     listening: Callable[[], bool]
     warmed: Callable[[], bool]
+    listener_processes: Callable[[], tuple[int, int]] | None = None  # (running, configured): listener.processes
 
     def checks(self) -> list[Check]:
         return [self._listener(), self._database(), self._models(), self._disk()]
 
     def _listener(self) -> Check:
         ok = self.listening()
-        return Check("listener", ok, "accepting associations" if ok else "not listening")
+        detail = "accepting associations" if ok else "not listening"
+        if ok and self.listener_processes is not None:
+            # The node's own process accepts on the shared socket whatever the others do: still ready, but said.
+            running, configured = self.listener_processes()
+            detail += f" ({running} of {configured} listener processes" + (
+                "; the others are being restarted)" if running < configured else ")")
+        return Check("listener", ok, detail)
 
     def _database(self) -> Check:
         url = self.database.engine.url
