@@ -215,13 +215,8 @@ def test_postgresql_restarted_while_listeners_on_two_hosts_receive_loses_nothing
     acknowledged = [uid for sender in senders for uid in sender.acknowledged]
     assert all(30 <= len(sender.acknowledged) < 250 for sender in senders), \
         "the restart must refuse part of both transfers"
-
-    def all_recorded() -> bool:
-        try:
-            return len(cluster.database.stored_copies(acknowledged)) == len(acknowledged)
-        except Exception:  # the test's own connections were cut too
-            return False
-    wait_for(all_recorded, 60, "every acknowledged instance to be recorded after the restart")
+    wait_for(lambda: cluster.all_recorded(acknowledged), 60,
+             "every acknowledged instance to be recorded after the restart")
 
     again = [StoreSCU(listener.port, folder, listener.address) for listener, folder in zip(listeners, folders)]
     for sender in again:  # both listeners reconnected by themselves: the whole study goes in now

@@ -185,11 +185,7 @@ def test_a_listener_killed_mid_transfer_loses_nothing_it_acknowledged_without_a_
     sender.wait()
     acknowledged = list(sender.acknowledged)
     assert 40 <= len(acknowledged) < len(uids), "the listener must die in the middle of the transfer"
-
-    def all_recorded() -> bool:
-        stored = cluster.database.stored_copies(acknowledged)
-        return len(stored) == len(acknowledged)
-    wait_for(all_recorded, 30, "every acknowledged instance to be recorded")
+    wait_for(lambda: cluster.all_recorded(acknowledged), 30, "every acknowledged instance to be recorded")
     assert not [p for p in (cluster.shared / "spool" / ".journal").iterdir() if p.is_dir()]
 
 
@@ -203,13 +199,8 @@ def test_postgresql_restarted_during_ingest_loses_nothing_acknowledged_and_the_n
     sender.wait()  # the rest is refused (0xA700) or the association aborted: never a success for unrecorded data
     acknowledged = list(sender.acknowledged)
     assert 40 <= len(acknowledged) < len(uids), "the restart must refuse part of the transfer"
-
-    def all_recorded() -> bool:
-        try:
-            return len(cluster.database.stored_copies(acknowledged)) == len(acknowledged)
-        except Exception:  # the test's own connections were cut too
-            return False
-    wait_for(all_recorded, 60, "every acknowledged instance to be recorded after the restart")
+    wait_for(lambda: cluster.all_recorded(acknowledged), 60,
+             "every acknowledged instance to be recorded after the restart")
 
     again = StoreSCU(node.port, tmp_path / "study")  # the node reconnected: the whole study goes in now
     assert again.wait() == 0 and sorted(again.acknowledged) == sorted(uids)

@@ -166,6 +166,14 @@ class Cluster:
             return list(session.scalars(select(OutboxItem).where(OutboxItem.study_uid == study_uid)
                                         .order_by(OutboxItem.id)))
 
+    def all_recorded(self, sop_instance_uids: list[str]) -> bool:
+        """Whether every one of these instances has its row (False while the database cannot be read, e.g. during
+        its restart: the test's own connections are cut too)."""
+        try:
+            return len(self.database.stored_copies(sop_instance_uids)) == len(sop_instance_uids)
+        except Exception:
+            return False
+
     def delivered(self, study_uid: str) -> bool:
         rows = self.outbox(study_uid)
         return bool(rows) and all(row.state == "sent" for row in rows)
