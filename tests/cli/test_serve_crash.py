@@ -11,13 +11,11 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from sqlalchemy import select
 from dicom_ai.store.database import Database
 from dicom_ai.store.models import Event, Job, NodeRun, Study
 from dicom_ai.store.records import JobState
+from tests.support.node_runs import listening_on
 from tests.support.tools import dcmtk_tool
 
 pytestmark = [
@@ -98,16 +97,7 @@ class ServedNode:
         assert self.process is not None
         if self.process.poll() is not None:
             raise AssertionError(f"node exited with {self.process.returncode}: {self.log.read_text()[-3000:]}")
-        database = self.data_dir / "dicom-ai.sqlite"
-        if not database.is_file():
-            return False
-        try:
-            with closing(sqlite3.connect(database, timeout=5)) as connection:
-                row = connection.execute("SELECT port FROM node_runs WHERE pid = ? AND stopped_at IS NULL",
-                                         (self.process.pid,)).fetchone()
-        except sqlite3.Error:  # not migrated yet
-            return False
-        return row is not None and row[0] == self.port
+        return listening_on(self.data_dir / "dicom-ai.sqlite", self.process.pid, self.port)
 
     def kill(self) -> None:
         assert self.process is not None

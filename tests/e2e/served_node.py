@@ -14,6 +14,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from tests.support.node_runs import listening_on
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DICOM_AI = str(Path(sys.executable).with_name("dicom-ai"))
 
@@ -108,16 +110,7 @@ class ServedNode:
 
     def _listening(self) -> bool:
         """The node records its run once its listener is bound (a TCP probe would itself be a client)."""
-        database = self.database
-        if self.process is None or not database.is_file():
-            return False
-        try:
-            with closing(sqlite3.connect(database, timeout=5)) as connection:
-                row = connection.execute("SELECT port FROM node_runs WHERE pid = ? AND stopped_at IS NULL",
-                                         (self.process.pid,)).fetchone()
-        except sqlite3.Error:  # not migrated yet
-            return False
-        return row is not None and row[0] == self.port
+        return self.process is not None and listening_on(self.database, self.process.pid, self.port)
 
     def _http_answers(self) -> bool:
         """The HTTP side starts after the listener (a probe of it is no DICOM client)."""
