@@ -213,6 +213,7 @@ def test_a_database_on_a_full_disk_is_logged_once_while_its_rows_wait_in_the_jou
                 assert not recorder.accepting and instance.sop_instance_uid not in rows(database)
                 filler.unlink()
                 wait_for(lambda: instance.sop_instance_uid in rows(database))  # at the next retry
+                wait_for(lambda: len(caplog.records) >= 2)  # "works again" is logged just after that commit
             assert [(r.levelname, r.exc_info is None) for r in caplog.records] == [("ERROR", True),
                                                                                   ("WARNING", True)]
             assert "disk full" in caplog.records[0].getMessage()
