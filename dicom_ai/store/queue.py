@@ -18,7 +18,7 @@ writes nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -136,10 +136,8 @@ class JobQueue:
         set_study_state(session, study, StudyState.QUEUED, job_id=job.id)
         return job
 
-    def study_to_analyse_ahead(self, quiet_seconds: float, analysed: Mapping[str, datetime] | None = None,
-                               claimant: str | None = None) -> ReceivingStudy | None:
-        """The receiving study that will be stable soonest among those quiet for `quiet_seconds`, skipping studies
-        whose `last_received_at` is the one in `analysed` (already analysed ahead in that state); None when none.
+    def study_to_analyse_ahead(self, quiet_seconds: float, claimant: str | None = None) -> ReceivingStudy | None:
+        """The receiving study that will be stable soonest among those quiet for `quiet_seconds`; None when none.
         Its `instances` are empty when it holds only our own outputs.
 
         With `claimant` (a worker process, `host:pid`), the decision is the database's: studies already analysed
@@ -150,7 +148,7 @@ class JobQueue:
         with self.database.write_session() if claimant else self.database.session() as session:
             if is_paused(session, Control.PROCESSING):
                 return None
-            quietest = _quietest_receiving_study(session, analysed or {}, unclaimed=claimant is not None)
+            quietest = _quietest_receiving_study(session, unclaimed=claimant is not None)
             if quietest is None or quietest.quiet_since > quiet_since:
                 return None
             study_id, study_uid, last_received_at = quietest.id, quietest.study_uid, quietest.last_received_at
@@ -170,16 +168,14 @@ class JobQueue:
         with self.database.session() as session:
             return is_paused(session, Control.PROCESSING)
 
-    def seconds_until_quiet(self, quiet_seconds: float,
-                            analysed: Mapping[str, datetime] | None = None, *,
-                            unclaimed: bool = False) -> float | None:
-        """How long until the next receiving study (skipping those in `analysed`, and with `unclaimed` those some
-        worker analysed ahead in their current state, see `study_to_analyse_ahead`) has been quiet for
+    def seconds_until_quiet(self, quiet_seconds: float, *, unclaimed: bool = False) -> float | None:
+        """How long until the next receiving study (with `unclaimed`, skipping those some worker analysed ahead in
+        their current state, see `study_to_analyse_ahead`) has been quiet for
         `quiet_seconds` (0 when one has); None when none is left. The stability monitor (quiet period) and an idle
         worker (analysis ahead) sleep this long, plus `stability.WAKE_MARGIN_SECONDS`, instead of a whole poll
         interval."""
         with self.database.session() as session:
-            quietest = _quietest_receiving_study(session, analysed or {}, unclaimed=unclaimed)
+            quietest = _quietest_receiving_study(session, unclaimed=unclaimed)
         if quietest is None:
             return None
         due = quietest.quiet_since + timedelta(seconds=quiet_seconds)
@@ -251,7 +247,7 @@ class JobQueue:
         `LeaseLost` when `worker_id` (in `attempt`, when given) no longer holds it."""
         now = self._clock()
         with self.database.write_session() as session:
-            job = self._held(session, job_id, worker_id, attempt)
+            job = _lock_held_job(session, job_id, worker_id, attempt)
             job.state = JobState.DONE
             job.finished_at = job.updated_at = now
             job.lease_expires_at = None
@@ -264,14 +260,14 @@ class JobQueue:
     def fail(self, job_id: int, worker_id: str, error: str, *, permanent: bool = False) -> str:
         """The handler raised: count the attempt; return the job's new state ("queued" again, or "failed")."""
         with self.database.write_session() as session:
-            job = self._held(session, job_id, worker_id)
+            job = _lock_held_job(session, job_id, worker_id, None)
             return self._end_failed_attempt(session, job, error, permanent=permanent)
 
     def release(self, job_id: int, worker_id: str) -> None:
         """Give a job back without counting the attempt (graceful stop): it runs again, here or elsewhere."""
         now = self._clock()
         with self.database.write_session() as session:
-            job = self._held(session, job_id, worker_id)
+            job = _lock_held_job(session, job_id, worker_id, None)
             job.state = JobState.QUEUED
             job.attempts = max(0, job.attempts - 1)
             job.worker_id = job.lease_expires_at = job.not_before = None
@@ -311,9 +307,6 @@ class JobQueue:
                                   f"during attempt {job.attempts}")
             metrics.LEASES_RECLAIMED.inc(len(orphans))
             return [job.id for job in orphans]
-
-    def _held(self, session: Session, job_id: int, worker_id: str, attempt: int | None = None) -> Job:
-        return _lock_held_job(session, job_id, worker_id, attempt)
 
     def _end_failed_attempt(self, session: Session, job: Job, error: str, *, permanent: bool = False) -> str:
         now = self._clock()
@@ -433,17 +426,16 @@ def next_due_job(now: datetime, prefer_ahead_by: str | None = None, count: int =
             .with_for_update(skip_locked=True))
 
 
-def _quietest_receiving_study(session: Session, analysed: Mapping[str, datetime],
+def _quietest_receiving_study(session: Session,
                               unclaimed: bool = False) -> Row[tuple[int, str, datetime, datetime]] | None:
     """(id, study_uid, last_received_at, quiet_since) of the receiving study that has been quiet longest (counted
-    from `stability.QUIET_SINCE`), skipping those whose last_received_at is the one in `analysed` and, with
-    `unclaimed`, those a worker analysed ahead in their current state; None when none is left."""
+    from `stability.QUIET_SINCE`), with `unclaimed` skipping those a worker analysed ahead in their current state;
+    None when none is left."""
     query = (select(Study.id, Study.study_uid, Study.last_received_at, QUIET_SINCE.label("quiet_since"))
              .where(Study.state == StudyState.RECEIVING))
     if unclaimed:
         query = query.where(or_(Study.ahead_of.is_(None), Study.ahead_of != Study.last_received_at))
-    rows = session.execute(query.order_by(QUIET_SINCE, Study.id))
-    return next((row for row in rows if analysed.get(row.study_uid) != row.last_received_at), None)
+    return session.execute(query.order_by(QUIET_SINCE, Study.id).limit(1)).first()
 
 
 def _analysable_instances(session: Session, study_id: int) -> tuple[JobInstance, ...]:

@@ -117,7 +117,7 @@ def test_a_study_still_receiving_at_start_up_gets_a_fresh_quiet_period(database:
     clock.advance(3600)
     assert queue.restart_quiet_periods() == [STUDY]
     assert queue.enqueue_stable_studies() == []
-    assert queue.seconds_until_quiet(5) == 5 and queue.study_to_analyse_ahead(0.5, {}) is None
+    assert queue.seconds_until_quiet(5) == 5 and queue.study_to_analyse_ahead(0.5) is None
     clock.advance(4.9)
     assert queue.enqueue_stable_studies() == []
     clock.advance(0.1)
