@@ -1,8 +1,8 @@
 """Gauges read from the audit database and the disk when Prometheus scrapes, so they are right for every process
 sharing the database (listeners, workers and senders of other roles too) and never drift from what `status` says.
 
-One short read transaction per scrape; when the database cannot be read, `dicomai_database_up` is 0 and the
-database gauges are left out (a missing series, not a wrong zero).
+Two short read transactions per scrape (the counts, then the process table); when the database cannot be read,
+`dicomai_database_up` is 0 and the database gauges are left out (a missing series, not a wrong zero).
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ from sqlalchemy import update
 from dicom_ai.node import ALL_ROLES, Role, parse_roles, roles_text
 from dicom_ai.store.database import Database
 from dicom_ai.store.models import NodeRun, utcnow
-from dicom_ai.store.node_runs import dead_after, heartbeat_node_run, mark_dead_runs, start_node_run, stop_node_run
+from dicom_ai.store.node_runs import (ROLES, dead_after, heartbeat_node_run, mark_dead_runs, start_node_run,
+                                      stop_node_run)
 from dicom_ai.store.overview import ListenerState, node_status
 
 
@@ -39,6 +40,7 @@ def test_silent_runs_are_marked_dead_and_come_back_with_a_heartbeat(backend_url:
 
 
 def test_roles_parse_from_all_or_a_list() -> None:
+    assert tuple(role.value for role in Role) == ROLES  # the process records and the metrics list the same roles
     assert parse_roles("all") == ALL_ROLES
     assert parse_roles("listener, monitor") == {Role.LISTENER, Role.MONITOR}
     assert roles_text(parse_roles("sender,worker")) == "worker,sender"
