@@ -140,10 +140,10 @@ def test_the_pipeline_handler_uses_its_analysis_ahead_only_while_the_instances_a
     handler = build_study_handler(settings, database)
     assert isinstance(handler, AnalyseStudy)
     queue = JobQueue(database, settings.queue)
-    receiving = queue.study_to_analyse_ahead(0.0, {})
+    assert queue.study_to_analyse_ahead(3600.0, claimant="test:1") is None  # not quiet for an hour
+    receiving = queue.study_to_analyse_ahead(0.0, claimant="test:1")
     assert receiving is not None and receiving.study_uid == study.study_uid and len(receiving.instances) == 3
-    assert queue.study_to_analyse_ahead(0.0, {study.study_uid: receiving.last_received_at}) is None
-    assert queue.study_to_analyse_ahead(3600.0, {}) is None  # not quiet for an hour
+    assert queue.study_to_analyse_ahead(0.0, claimant="test:2") is None  # analysed ahead in this state already
     queue.complete_study(study.study_uid)
     claim = queue.claim("test")
     assert claim is not None
