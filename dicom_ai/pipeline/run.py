@@ -5,10 +5,11 @@ no database.
 Per series: decode every frame once (pixels.load_frames; an undecodable instance becomes an InstanceError and the
 rest of the series runs), walk the routing tree from its root (each node weighs header and classifier evidence),
 collect the detectors and segmenters the decided classes ask for, and run each on every frame in batches. With
-several series (of one study or of several), the walk goes one node at a time for all of them: every series
-evaluating a node has its representative frames classified in one call, and every detector and segmenter runs once
-over the frames of every series whose classes ask for it, in `batch_size` chunks; the results are split back per
-series. One study alone is simply a batch of one. A model's output for a frame does not depend on the other frames
+several studies, the series go in rounds (the next series of every study; one study alone goes series by series,
+so only one series per study is decoded at a time), and in a round the walk goes one node at a time for all of its
+series: every series evaluating a node has its representative frames classified in one call, and every detector and
+segmenter runs once over the frames of every series whose classes ask for it, in `batch_size` chunks; the results
+are split back per series. One study alone is simply a batch of one. A model's output for a frame does not depend on the other frames
 of its forward pass (eval mode), so a series gets the same findings in any batch, up to floating-point rounding of
 differently sized matrix products (far below any threshold in the tests; see tests/pipeline/test_run_studies.py).
 """
@@ -290,38 +291,45 @@ def _decoded(series: Series, routing: RoutingTree) -> _SeriesWork:
 def analyse_studies(studies: Sequence[Iterable[InstanceSource]], registry: ModelRegistry, routing: RoutingTree, *,
                     batch_size: int = inference.DEFAULT_BATCH, progress: Progress | None = None,
                     detection_confidence: float | None = None) -> list[StudyFindings | Exception]:
-    """Analyse several studies together, each model running once over the frames of all the series that need it
-    (see the module docstring): per study, in order, its findings, or the exception that stopped reading or
-    decoding it (the other studies are analysed regardless). An error in a shared model pass is raised, as it
-    would be for each study alone. `progress` is called before each series is decoded; what it raises stops the
-    whole analysis. See `run_study` for the rest."""
+    """Analyse several studies together, each model running once per round over the frames of all the series of
+    that round that need it (see the module docstring): per study, in order, its findings, or the exception that
+    stopped reading or decoding it (the other studies are analysed regardless). A round takes the next series of
+    every study, so only one series per study is decoded at a time (one study alone goes series by series). An
+    error in a shared model pass is raised, as it would be for each study alone. `progress` is called before each
+    series is decoded; what it raises stops the whole analysis. See `run_study` for the rest."""
     started = _now()
     failed: dict[int, Exception] = {}
-    decoded: dict[int, tuple[str, list[_SeriesWork], list[InstanceError]]] = {}
+    read: dict[int, tuple[str, list[Series], list[InstanceError]]] = {}
     for index, instances in enumerate(studies):
         try:
-            study_uid, series_list, read_errors = _read_study(instances)
+            read[index] = _read_study(instances)
         except Exception as exc:  # this study's files; the other studies go on
             failed[index] = exc
-            continue
-        works = []
-        for series in series_list:
+    works: dict[int, list[_SeriesWork]] = {index: [] for index in read}
+    router = _Router(registry, routing, batch_size)
+    for position in range(max((len(series_list) for _, series_list, _ in read.values()), default=0)):
+        round_works = []
+        for index, (_, series_list, _) in read.items():
+            if index in failed or position >= len(series_list):
+                continue
+            series = series_list[position]
             if progress:
                 progress(f"series {series.series_instance_uid}: {len(series.datasets)} instance(s)")
             try:
-                works.append(_decoded(series, routing))
+                work = _decoded(series, routing)
             except Exception as exc:  # PixelDataError is already one instance's error; this is anything else
                 failed[index] = exc
-                break
-        else:
-            decoded[index] = study_uid, works, read_errors
-    every_series = [work for _, works, _ in decoded.values() for work in works]
-    _Router(registry, routing, batch_size).walk(every_series)
-    _run_models(every_series, registry, batch_size, detection_confidence)
+                continue
+            works[index].append(work)
+            round_works.append(work)
+        router.walk(round_works)
+        _run_models(round_works, registry, batch_size, detection_confidence)
+        for work in round_works:
+            work.frames = []  # the findings hold what they need; the decoded pixels go before the next round
     finished = _now()
     return [failed[index] if index in failed else
-            StudyFindings(study_instance_uid=decoded[index][0], series=tuple(w.findings() for w in decoded[index][1]),
-                          started_at=started, finished_at=finished, errors=tuple(decoded[index][2]))
+            StudyFindings(study_instance_uid=read[index][0], series=tuple(w.findings() for w in works[index]),
+                          started_at=started, finished_at=finished, errors=tuple(read[index][2]))
             for index in range(len(studies))]
 
 
